@@ -1,0 +1,513 @@
+"""Results table and plots from run folders.
+
+``python -m pretraining.report RUN_DIR... --out results.md --plot results.png [--csv results.csv]``
+
+A run folder is what ``run_pretraining.py`` writes (``args.json``, ``metrics.jsonl``)
+plus what ``run_glue.py`` writes under it (``finetune/<task>/all_results.json``). A
+folder that only holds a fine-tuning result (``all_results.json``, e.g. a reference
+model fine-tuned directly) is a run too, shown as "fine-tune only". A folder that holds
+none of these but has run folders below it stands for all of them.
+
+The table has the seed's columns (model name, optimizer, precision, epochs, pretrain
+loss, finetune loss, accuracy, F1) plus eval loss, wall time, tokens seen, throughput
+and a status: ``complete``, ``partial: no end line`` (the run died or is still
+running), ``missing fine-tune``, ``missing: ...``. Missing and partial runs are shown
+as such, never crashed on. The report reads files only; it never needs wandb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from pretraining.errors import UserError, run_main
+
+ARGS_FILE = "args.json"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "all_results.json"
+FINETUNE_DIR = "finetune"
+
+# (key, markdown header, formatter of a non-missing value)
+COLUMNS: list[tuple[str, str, object]] = [
+    ("run", "model name", str),
+    ("model", "model", str),
+    ("optimizer", "optimizer", str),
+    ("precision", "precision", str),
+    ("epochs", "epochs", lambda v: f"{v:g}"),
+    ("pretrain_loss", "pretrain loss", lambda v: f"{v:.4f}"),
+    ("eval_loss", "pretrain eval loss", lambda v: f"{v:.4f}"),
+    ("task", "fine-tune task", str),
+    ("finetune_loss", "finetune loss", lambda v: f"{v:.4f}"),
+    ("accuracy", "accuracy", lambda v: f"{v:.4f}"),
+    ("f1", "F1", lambda v: f"{v:.4f}"),
+    ("wall_s", "wall time", lambda v: format_duration(v)),
+    ("tokens", "tokens seen", lambda v: format_count(v)),
+    ("tokens_per_s", "throughput (tokens/s)", lambda v: format_count(v)),
+    ("status", "status", str),
+]
+MISSING = "n/a"
+
+
+@dataclass
+class RunRecord:
+    """Everything read from one run folder: its arguments, metric curves and fine-tune results."""
+
+    path: Path
+    name: str
+    args: dict = field(default_factory=dict)
+    train: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    end: Optional[dict] = None
+    finetune: dict[str, dict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def has_pretraining(self) -> bool:
+        return bool(self.train or self.end or (self.path / METRICS_FILE).exists())
+
+    @property
+    def optimizer(self) -> str:
+        return str(self.args.get("optimizer_type") or ("pretrained" if not self.has_pretraining else MISSING))
+
+    @property
+    def precision(self) -> str:
+        precision = self.args.get("precision")
+        if precision:
+            return str(precision)
+        if self.args.get("bf16"):
+            return "bf16"
+        if self.args.get("fp16"):
+            return "fp16"
+        return "fp32" if self.args else MISSING
+
+    @property
+    def partial(self) -> bool:
+        return self.has_pretraining and self.end is None
+
+
+def format_duration(seconds: float) -> str:
+    """``75.3`` -> ``"1m15s"``; ``4000`` -> ``"1h06m40s"``."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_count(value: float) -> str:
+    """``1234567`` -> ``"1.23M"``; small numbers as integers."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
+def _read_json(path: Path, problems: list[str]) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        problems.append(f"unreadable {path.name}: {exc}")
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{path.name} is not a JSON object")
+        return {}
+    return data
+
+
+def _read_metrics(path: Path, record: RunRecord) -> None:
+    """Fill ``record.train/evals/end`` from metrics.jsonl, skipping malformed lines (a killed writer)."""
+    bad = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if not isinstance(entry, dict):
+                bad += 1
+                continue
+            kind = entry.get("type")
+            if kind == "train":
+                record.train.append(entry)
+            elif kind == "eval":
+                record.evals.append(entry)
+            elif kind == "end":
+                record.end = entry
+    if bad:
+        record.problems.append(f"{bad} malformed line(s) in {METRICS_FILE} skipped")
+
+
+def _is_run_dir(path: Path) -> bool:
+    return any((path / name).exists() for name in (ARGS_FILE, METRICS_FILE, RESULTS_FILE, FINETUNE_DIR))
+
+
+def discover_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand ``paths`` to run folders: a run folder stays, a folder of run folders becomes its runs.
+
+    Paths that do not exist are kept (they are reported as missing runs); a folder with no
+    run anywhere below it (two levels deep) is kept as well, so that it shows as missing.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir() or _is_run_dir(path):
+            found.append(path)
+            continue
+        children = sorted(p for p in path.iterdir() if p.is_dir() and _is_run_dir(p))
+        if not children:
+            children = sorted(g for c in path.iterdir() if c.is_dir() for g in c.iterdir()
+                              if g.is_dir() and _is_run_dir(g))
+        found.extend(children or [path])
+    return found
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Read one run folder. Never raises for missing or damaged files: they go to ``problems``."""
+    path = Path(path)
+    record = RunRecord(path=path, name=path.name or str(path))
+    if not path.is_dir():
+        record.problems.append("no such folder")
+        return record
+    if (path / ARGS_FILE).exists():
+        record.args = _read_json(path / ARGS_FILE, record.problems)
+    record.name = str(record.args.get("job_name") or record.name)
+    if (path / METRICS_FILE).exists():
+        _read_metrics(path / METRICS_FILE, record)
+    if (path / RESULTS_FILE).exists():  # a fine-tune output folder given directly
+        results = _read_json(path / RESULTS_FILE, record.problems)
+        record.finetune[str(results.get("task_name") or record.args.get("task_name") or "task")] = results
+    finetune_root = path / FINETUNE_DIR
+    if finetune_root.is_dir():
+        for task_dir in sorted(p for p in finetune_root.iterdir() if p.is_dir()):
+            if (task_dir / RESULTS_FILE).exists():
+                results = _read_json(task_dir / RESULTS_FILE, record.problems)
+                if results:
+                    record.finetune[task_dir.name] = results
+    if not (record.args or record.train or record.end or record.finetune):
+        record.problems.append(f"no {ARGS_FILE}, {METRICS_FILE} or fine-tune results")
+    return record
+
+
+def _last(entries: Sequence[dict], key: str):
+    for entry in reversed(entries):
+        value = entry.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _model_label(args: dict) -> str:
+    layers, hidden = args.get("num_hidden_layers"), args.get("hidden_size")
+    if layers and hidden:
+        return f"L{layers}-H{hidden}"
+    source = args.get("model_name_or_path")
+    return Path(str(source)).name if source else MISSING
+
+
+def _status(record: RunRecord, has_finetune: bool) -> str:
+    if "no such folder" in record.problems:
+        return "missing: no such folder"
+    if not (record.args or record.train or record.end or record.finetune):
+        return "missing: empty run folder"
+    parts = []
+    if record.partial:
+        parts.append("partial: no end line")
+    elif record.end is not None:
+        reason = record.end.get("reason")
+        parts.append(f"complete ({reason})" if reason else "complete")
+    else:
+        parts.append("fine-tune only")
+    if not has_finetune and record.has_pretraining:
+        parts.append("missing fine-tune")
+    parts.extend(p for p in record.problems if p != "no such folder")
+    return "; ".join(parts)
+
+
+def pretraining_summary(record: RunRecord) -> dict:
+    """Final pretraining figures of a run: loss, eval loss, epochs, wall time, tokens, tokens/s."""
+    end = record.end or {}
+    loss = end.get("final_loss")
+    if not isinstance(loss, (int, float)):
+        loss = _last(record.train, "loss")
+    last_entries = record.train + record.evals + ([end] if end else [])
+    elapsed = end.get("elapsed_s") if isinstance(end.get("elapsed_s"), (int, float)) else _last(last_entries, "elapsed_s")
+    wall = _last(record.train, "wall_s")
+    wall = max(wall or 0.0, elapsed or 0.0) or None
+    tokens = end.get("tokens") if isinstance(end.get("tokens"), (int, float)) else _last(last_entries, "tokens")
+    if tokens and elapsed:
+        throughput = tokens / elapsed
+    else:
+        rates = [e["tokens_per_s"] for e in record.train if isinstance(e.get("tokens_per_s"), (int, float))]
+        throughput = sum(rates) / len(rates) if rates else None
+    return {
+        "pretrain_loss": loss,
+        "eval_loss": _last(record.evals, "eval_loss"),
+        "epochs": _last(record.train + record.evals, "epoch"),
+        "wall_s": wall,
+        "tokens": tokens,
+        "tokens_per_s": throughput,
+    }
+
+
+def finetune_summary(results: dict) -> dict:
+    """Loss, accuracy and F1 of one all_results.json (absent metrics stay None)."""
+
+    def number(key):
+        value = results.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    return {"finetune_loss": number("eval_loss"), "accuracy": number("eval_accuracy"), "f1": number("eval_f1")}
+
+
+def summarize(records: Sequence[RunRecord], task: Optional[str] = None) -> list[dict]:
+    """One table row per (run, fine-tune task); a run without fine-tune results gets one row.
+
+    ``task`` keeps only that task's results (others are ignored). Values are raw numbers
+    or None for missing ones; :func:`render_markdown` formats them.
+    """
+    rows = []
+    for record in records:
+        base = {"run": record.name, "model": _model_label(record.args), "optimizer": record.optimizer,
+                "precision": record.precision, "path": str(record.path)}
+        base.update(pretraining_summary(record))
+        tasks = {k: v for k, v in record.finetune.items() if task is None or k == task}
+        status = _status(record, bool(tasks))
+        if not tasks:
+            rows.append({**base, "task": None, "finetune_loss": None, "accuracy": None, "f1": None, "status": status})
+        for name, results in tasks.items():
+            rows.append({**base, "task": name, **finetune_summary(results), "status": status})
+    return rows
+
+
+def _cell(value, formatter) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return MISSING
+    return formatter(value)
+
+
+def render_markdown(rows: Sequence[dict]) -> str:
+    """A GitHub markdown table of ``rows`` (from :func:`summarize`), missing values as ``n/a``."""
+    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    lines = [header, rule]
+    for row in rows:
+        cells = [_cell(row.get(key), fmt).replace("|", "\\|") for key, _, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: Sequence[dict]) -> str:
+    """The table as CSV with raw (unformatted) numbers and empty cells for missing values."""
+    keys = [key for key, _, _ in COLUMNS] + ["path"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    return buffer.getvalue()
+
+
+def _run_label(record: RunRecord) -> str:
+    label = f"{record.name} ({record.optimizer}, {record.precision})"
+    return label + " [partial]" if record.partial else label
+
+
+def _curve(entries: Sequence[dict], x_key: str, y_key: str):
+    points = [(e[x_key], e[y_key]) for e in entries
+              if isinstance(e.get(x_key), (int, float)) and isinstance(e.get(y_key), (int, float))
+              and math.isfinite(e[y_key])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+_TIME_UNITS = ((3600.0 * 2, 3600.0, "hours"), (120.0, 60.0, "minutes"), (0.0, 1.0, "seconds"))
+_COUNT_UNITS = ((2e9, 1e9, "billions"), (2e6, 1e6, "millions"), (2e3, 1e3, "thousands"), (0.0, 1.0, ""))
+
+
+def _unit(largest: float, units) -> tuple[float, str]:
+    """The (divisor, name) of the first unit whose threshold ``largest`` reaches."""
+    for threshold, divisor, name in units:
+        if largest >= threshold:
+            return divisor, name
+    return units[-1][1], units[-1][2]
+
+
+def _plot_lines(ax, records, colors, entries_of, x_key, y_key, x_kind, ylabel, title):
+    """One line per run of ``y_key`` against ``x_key`` ("time" or "tokens" axis, unit picked from the data)."""
+    curves = []
+    for record in records:
+        xs, ys = _curve(entries_of(record), x_key, y_key)
+        if x_key == "wall_s" and not xs:  # logs without wall_s: training time only
+            xs, ys = _curve(entries_of(record), "elapsed_s", y_key)
+        if xs:
+            curves.append((record, xs, ys))
+    largest = max((max(xs) for _, xs, _ in curves), default=0.0)
+    if x_kind == "time":
+        divisor, unit = _unit(largest, _TIME_UNITS)
+        xlabel = f"wall-clock time ({unit})"
+    else:
+        divisor, unit = _unit(largest, _COUNT_UNITS)
+        xlabel = f"tokens seen ({unit})" if unit else "tokens seen"
+    for record, xs, ys in curves:
+        ax.plot([x / divisor for x in xs], ys, color=colors[record.name], linestyle="--" if record.partial else "-",
+                marker="o" if len(xs) < 15 else None, markersize=3, linewidth=1.5, label=_run_label(record))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def _plot_finetune_bars(ax, rows, colors):
+    """Accuracy (solid) and F1 (hatched) per run, runs grouped by (optimizer, precision)."""
+    import numpy as np
+
+    ordered = sorted(rows, key=lambda r: (r["optimizer"], r["precision"], r["run"], r["task"] or ""))
+    positions, labels, x, previous_group = [], [], 0.0, None
+    for row in ordered:
+        group = (row["optimizer"], row["precision"])
+        if previous_group is not None and group != previous_group:
+            x += 0.6  # gap between optimizer/precision groups
+        previous_group = group
+        positions.append(x)
+        task = f"\n{row['task']}" if row["task"] and len({r["task"] for r in rows if r["task"]}) > 1 else ""
+        labels.append(f"{row['optimizer']}\n{row['precision']}\n{row['run']}{task}")
+        x += 1.0
+    width = 0.38
+    for pos, row in zip(positions, ordered):
+        color = colors.get(row["run"], "gray")
+        if row["task"] is None:
+            ax.text(pos, 0.02, "no fine-tune", ha="center", va="bottom", fontsize=8, rotation=90, color="dimgray")
+            continue
+        for offset, key, hatch in ((-width / 2, "accuracy", None), (width / 2, "f1", "//")):
+            value = row.get(key)
+            if value is None:
+                ax.text(pos + offset, 0.02, f"no {key}", ha="center", va="bottom", fontsize=8, rotation=90,
+                        color="dimgray")
+                continue
+            ax.bar(pos + offset, value, width, color=color, hatch=hatch, edgecolor="black", linewidth=0.5)
+            ax.text(pos + offset, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(np.asarray(positions), labels, fontsize=7)
+    if positions:
+        ax.set_xlim(positions[0] - 0.7, positions[-1] + 0.7)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("score (fraction)")
+    tasks = sorted({r["task"] for r in rows if r["task"]})
+    ax.set_title("Fine-tune accuracy / F1" + (f" ({', '.join(tasks)})" if tasks else ""))
+    ax.grid(True, axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(facecolor="white", edgecolor="black", label="accuracy"),
+                       Patch(facecolor="white", edgecolor="black", hatch="//", label="F1")], fontsize=8)
+    if not ordered:
+        ax.text(0.5, 0.5, "no fine-tune results", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def plot_runs(records: Sequence[RunRecord], rows: Sequence[dict], path: str | Path) -> Path:
+    """Write the 4-panel PNG: train loss vs wall time and vs tokens, eval loss, fine-tune bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    palette = plt.get_cmap("tab10").colors
+    colors = {r.name: palette[i % len(palette)] for i, r in enumerate(records)}
+    fig, axes = plt.subplots(2, 2, figsize=(15, 10))
+    try:
+        _plot_lines(axes[0, 0], records, colors, lambda r: r.train, "wall_s", "loss", "time",
+                    "training loss (MLM)", "Pretraining loss vs wall-clock time")
+        _plot_lines(axes[0, 1], records, colors, lambda r: r.train, "tokens", "loss", "tokens",
+                    "training loss (MLM)", "Pretraining loss vs tokens")
+        _plot_lines(axes[1, 0], records, colors, lambda r: r.evals, "tokens", "eval_loss", "tokens",
+                    "validation loss (MLM)", "Pretraining validation loss vs tokens")
+        _plot_finetune_bars(axes[1, 1], [r for r in rows if r["task"] or r["optimizer"] != "pretrained"], colors)
+        fig.suptitle("Budget BERT: pretraining and fine-tuning by optimizer and precision "
+                     "(dashed = partial run)", fontsize=13)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def build_report(run_dirs: Iterable[str | Path], out: Optional[str | Path] = None,
+                 plot: Optional[str | Path] = None, csv_path: Optional[str | Path] = None,
+                 task: Optional[str] = None) -> tuple[list[dict], str]:
+    """Read ``run_dirs``, write the markdown/CSV/PNG that are asked for; return (rows, markdown table).
+
+    Raises UserError when no path holds any run at all (a typo, most likely).
+    """
+    run_dirs = list(run_dirs)
+    records = [load_run(p) for p in discover_runs(run_dirs)]
+    if not any(r.args or r.train or r.end or r.finetune for r in records):
+        given = ", ".join(str(p) for p in run_dirs) or "(none)"
+        raise UserError(f"no run found in {given}: pass folders that hold {ARGS_FILE}/{METRICS_FILE} "
+                        f"(run_pretraining.py's output_dir/job_name) or {FINETUNE_DIR}/<task>/{RESULTS_FILE}")
+    rows = summarize(records, task=task)
+    table = render_markdown(rows)
+    if out:
+        body = ["# Results", "", table]
+        if plot:
+            body += [f"![results]({Path(plot).name if Path(plot).parent == Path(out).parent else plot})", ""]
+        body += ["Pretrain loss: final training MLM loss; pretrain eval loss: last validation loss; "
+                 "finetune loss/accuracy/F1: evaluation split of the fine-tune task. "
+                 "Wall time and throughput are the pretraining run's.", ""]
+        _write(Path(out), "\n".join(body))
+    if csv_path:
+        _write(Path(csv_path), render_csv(rows))
+    if plot:
+        plot_runs(records, rows, plot)
+    return rows, table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pretraining.report",
+        description="Results table (markdown + CSV) and plots from pretraining/fine-tuning run folders.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run folders (output_dir/job_name), fine-tune output folders, or folders of runs")
+    parser.add_argument("--out", help="write the markdown table here (e.g. results.md)")
+    parser.add_argument("--plot", help="write the 4-panel PNG here (e.g. results.png)")
+    parser.add_argument("--csv", help="write the table as CSV here (e.g. results.csv)")
+    parser.add_argument("--task", help="only this fine-tune task's results (default: every task found)")
+    return parser
+
+
+@run_main
+def main(argv: Optional[Sequence[str]] = None):
+    """Print the results table; write the files named by --out/--csv/--plot."""
+    args = _parser().parse_args(argv)
+    rows, table = build_report(args.run_dirs, out=args.out, plot=args.plot, csv_path=args.csv, task=args.task)
+    print(table, end="", flush=True)
+    for flag, path in (("table", args.out), ("csv", args.csv), ("plot", args.plot)):
+        if path:
+            print(f"{flag}: {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""pretraining.report on synthetic run folders written in the run_pretraining/run_glue formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from pretraining import report
+from pretraining.errors import UserError
+
+
+def _write_run(root: Path, name: str, optimizer: str, precision: str, losses, *, tokens_per_step=4096,
+               seconds_per_step=2.0, end=True, finetune=None, evals=(), truncated_tail=False) -> Path:
+    """A run folder as run_pretraining.py writes it; returns its path."""
+    run = root / name
+    run.mkdir(parents=True)
+    args = {"job_name": name, "optimizer_type": optimizer, "precision": precision, "lr": 1e-3,
+            "hidden_size": 128, "num_hidden_layers": 2, "total_training_time": 0.01}
+    (run / "args.json").write_text(json.dumps(args))
+    lines = []
+    for i, loss in enumerate(losses, start=1):
+        lines.append({"type": "train", "step": i, "epoch": (i - 1) // 2, "elapsed_s": i * seconds_per_step,
+                      "wall_s": i * seconds_per_step + 5.0, "lr": 1e-3, "loss": loss, "seq_per_s": 32.0,
+                      "tokens_per_s": tokens_per_step / seconds_per_step, "tokens": i * tokens_per_step,
+                      "samples": i * 32})
+    for step, eval_loss in evals:
+        lines.append({"type": "eval", "step": step, "epoch": (step - 1) // 2, "elapsed_s": step * seconds_per_step,
+                      "tokens": step * tokens_per_step, "eval_loss": eval_loss})
+    n = len(losses)
+    if end:
+        lines.append({"type": "end", "reason": "time_budget", "step": n, "elapsed_s": n * seconds_per_step,
+                      "tokens": n * tokens_per_step, "final_loss": losses[-1]})
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    if truncated_tail:
+        text += '{"type": "train", "step": 99, "lo'  # the writer was killed mid-line
+    (run / "metrics.jsonl").write_text(text)
+    if finetune is not None:
+        task_dir = run / "finetune" / "rotten_tomatoes"
+        task_dir.mkdir(parents=True)
+        (task_dir / "all_results.json").write_text(json.dumps({"task_name": "rotten_tomatoes", **finetune}))
+    return run
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    """Four runs: complete+fine-tuned (2), partial (killed) with fine-tune, complete without fine-tune."""
+    root = tmp_path / "out"
+    _write_run(root, "adamw_run", "adamw", "fp32", [9.0, 8.0, 7.5, 7.25], evals=[(2, 8.1), (4, 7.4)],
+               finetune={"eval_loss": 0.61, "eval_accuracy": 0.6875, "eval_f1": 0.7011, "train_loss": 0.66,
+                         "epoch": 1.0})
+    _write_run(root, "lamb_run", "lamb", "bf16", [9.5, 8.5, 8.0], tokens_per_step=2048, seconds_per_step=1.0,
+               finetune={"eval_loss": 0.64, "eval_accuracy": 0.625, "train_loss": 0.68, "epoch": 1.0})
+    _write_run(root, "adam_run", "adam", "fp32", [9.2, 8.9], end=False, truncated_tail=True,
+               finetune={"eval_loss": 0.69, "eval_accuracy": 0.55, "eval_f1": 0.5, "epoch": 1.0})
+    _write_run(root, "adafactor_run", "adafactor", "fp16", [9.9, 9.1, 8.7])
+    reference = tmp_path / "minilm_reference"
+    reference.mkdir()
+    (reference / "all_results.json").write_text(json.dumps(
+        {"task_name": "rotten_tomatoes", "eval_loss": 0.4, "eval_accuracy": 0.82, "eval_f1": 0.84, "epoch": 1.0}))
+    return root, reference
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_table_values_equal_inputs(runs, tmp_path):
+    root, reference = runs
+    out, csv_path, png = tmp_path / "r" / "results.md", tmp_path / "r" / "results.csv", tmp_path / "r" / "results.png"
+    rows, table = report.build_report([root, reference], out=out, plot=png, csv_path=csv_path)
+
+    by_run = {r["run"]: r for r in rows}
+    assert set(by_run) == {"adamw_run", "lamb_run", "adam_run", "adafactor_run", "minilm_reference"}
+    adamw = by_run["adamw_run"]
+    assert adamw["optimizer"] == "adamw" and adamw["precision"] == "fp32" and adamw["model"] == "L2-H128"
+    assert adamw["pretrain_loss"] == 7.25 and adamw["eval_loss"] == 7.4 and adamw["epochs"] == 1
+    assert adamw["finetune_loss"] == 0.61 and adamw["accuracy"] == 0.6875 and adamw["f1"] == 0.7011
+    assert adamw["tokens"] == 4 * 4096 and adamw["tokens_per_s"] == pytest.approx(4096 / 2.0)
+    assert adamw["wall_s"] == pytest.approx(4 * 2.0 + 5.0)
+    assert adamw["status"] == "complete (time_budget)"
+    lamb = by_run["lamb_run"]
+    assert lamb["precision"] == "bf16" and lamb["f1"] is None and lamb["accuracy"] == 0.625
+    assert lamb["tokens"] == 3 * 2048 and lamb["tokens_per_s"] == pytest.approx(2048.0)
+    adam = by_run["adam_run"]
+    assert adam["status"].startswith("partial: no end line") and "malformed" in adam["status"]
+    assert adam["pretrain_loss"] == 8.9 and adam["tokens"] == 2 * 4096  # last good line, not the torn one
+    assert "missing fine-tune" in by_run["adafactor_run"]["status"] and by_run["adafactor_run"]["accuracy"] is None
+    ref = by_run["minilm_reference"]
+    assert ref["status"] == "fine-tune only" and ref["optimizer"] == "pretrained" and ref["accuracy"] == 0.82
+
+    # The CSV carries the same raw numbers; the markdown shows them formatted, n/a where missing.
+    parsed = {r["run"]: r for r in csv.DictReader(io.StringIO(csv_path.read_text()))}
+    assert float(parsed["adamw_run"]["accuracy"]) == 0.6875 and float(parsed["lamb_run"]["pretrain_loss"]) == 8.0
+    assert parsed["lamb_run"]["f1"] == "" and parsed["adafactor_run"]["task"] == ""
+    markdown = out.read_text()
+    assert table in markdown and "results.png" in markdown
+    adamw_line = next(line for line in table.splitlines() if line.startswith("| adamw_run"))
+    cells = [c.strip() for c in adamw_line.strip("|").split("|")]
+    assert cells[:11] == ["adamw_run", "L2-H128", "adamw", "fp32", "1", "7.2500", "7.4000", "rotten_tomatoes",
+                          "0.6100", "0.6875", "0.7011"]
+    assert cells[11:14] == ["13s", "16.4k", "2.05k"]
+    lamb_line = next(line for line in table.splitlines() if line.startswith("| lamb_run"))
+    assert "| n/a |" in lamb_line  # no F1 for this run
+    assert len(table.splitlines()) == 2 + 5
+
+    width, height = _png_size(png)
+    assert width >= 1000 and height >= 700
+    assert png.stat().st_size > 30_000  # four panels with lines and bars, not an empty canvas
+
+
+def test_png_has_drawn_content(runs, tmp_path):
+    """The plot is not blank: many distinct colours appear (lines of different runs, bars)."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    root, _ = runs
+    png = tmp_path / "plot.png"
+    report.build_report([root], plot=png)
+    pixels = mpimg.imread(png)[..., :3]
+    colours = np.unique((pixels.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
+    assert len(colours) > 50
+    assert (pixels < 0.99).any(axis=2).mean() > 0.02  # more than 2% of pixels are not white
+
+
+def test_missing_and_empty_runs_are_rows_not_crashes(runs, tmp_path, capsys):
+    root, _ = runs
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    bad_args = _write_run(tmp_path / "other", "bad_args", "adamw", "fp32", [9.0], end=True)
+    (bad_args / "args.json").write_text("{not json")
+    rows = report.main.__wrapped__([str(root / "adamw_run"), str(tmp_path / "does_not_exist"), str(empty),
+                                    str(bad_args), "--out", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")])
+    statuses = {r["run"]: r["status"] for r in rows}
+    assert statuses["does_not_exist"] == "missing: no such folder"
+    assert statuses["empty_run"] == "missing: empty run folder"
+    assert "unreadable args.json" in statuses["bad_args"]
+    assert statuses["adamw_run"] == "complete (time_budget)"
+    printed = capsys.readouterr().out
+    assert "does_not_exist" in printed and "missing: no such folder" in printed
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_no_run_at_all_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(UserError, match="no run found"):
+        report.build_report([tmp_path / "nope"])
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(tmp_path / "nope")])
+    assert exc.value.code == 2
+    assert "error: no run found" in capsys.readouterr().err
+
+
+def test_task_filter_and_parent_folder_discovery(runs, tmp_path):
+    root, _ = runs
+    extra = root / "adamw_run" / "finetune" / "mrpc"
+    extra.mkdir()
+    (extra / "all_results.json").write_text(json.dumps({"task_name": "mrpc", "eval_accuracy": 0.7, "eval_f1": 0.8}))
+    rows, _ = report.build_report([root])  # a folder of runs stands for its runs
+    adamw_rows = [r for r in rows if r["run"] == "adamw_run"]
+    assert sorted(r["task"] for r in adamw_rows) == ["mrpc", "rotten_tomatoes"]
+    rows, _ = report.build_report([root], task="mrpc")
+    assert [r["accuracy"] for r in rows if r["run"] == "adamw_run"] == [0.7]
+    assert all(r["accuracy"] is None for r in rows if r["run"] != "adamw_run")
+
+
+def test_formatters():
+    assert report.format_duration(75.3) == "1m15s"
+    assert report.format_duration(4000) == "1h06m40s"
+    assert report.format_duration(9) == "9s"
+    assert report.format_count(1_234_567) == "1.23M"
+    assert report.format_count(512) == "512"
