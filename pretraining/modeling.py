@@ -1,0 +1,347 @@
+"""BERT for pretraining (masked LM, optional NSP) and sequence classification.
+
+Parameter names are Hugging Face's, so with ``encoder_ln_mode="post-ln"`` this is
+``transformers.BertForPreTraining`` / ``BertForSequenceClassification`` (same state
+dict, same outputs), with three speed-ups:
+
+* attention through ``F.scaled_dot_product_attention`` (see :mod:`pretraining.layers`);
+* ``sparse_mask_prediction``: with labels given, vocabulary logits are computed only at
+  the positions where ``labels != -100`` (same loss, a fraction of the head's cost);
+* ``vocab_pad_multiple``: embedding and MLM projection are padded to a multiple of it
+  (fast matmul shapes); the padding rows are never predicted and exports drop them.
+
+Building blocks live in :mod:`pretraining.layers`. :func:`build_config` maps the
+command-line :class:`~pretraining.args.ModelArguments` to a :class:`BertConfig`;
+:func:`export_pretrained` writes a folder that ``from_pretrained`` loads (transformers'
+classes too, for post-ln models).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from pretraining.errors import UserError
+from pretraining.layers import NORMS, BertEmbeddings, BertEncoder, BertLMPredictionHead, BertPooler, BertPreTrainingHeads, padding_mask
+
+logger = logging.getLogger(__name__)
+
+#: ``model_type`` written to config.json for pre-ln models: transformers' BERT classes
+#: warn about it by name and ``AutoModel`` refuses it, instead of silently loading a
+#: post-ln network with pre-ln weights.
+PRE_LN_MODEL_TYPE = "bert_pre_ln"
+LN_MODES = ("pre-ln", "post-ln")
+#: State-dict keys with one row per vocabulary entry (padded inside, unpadded in exports).
+VOCAB_KEY_SUFFIXES = ("word_embeddings.weight", "cls.predictions.bias", "cls.predictions.decoder.weight",
+                      "cls.predictions.decoder.bias")
+
+
+class BertConfig(transformers.BertConfig):
+    """``transformers.BertConfig`` plus academic-budget-bert's model options.
+
+    The defaults reproduce transformers' BERT exactly (post-ln, dense MLM head, NSP head,
+    no vocabulary padding), so a plain BERT ``config.json`` loads unchanged;
+    :func:`build_config` applies the command-line defaults instead.
+    """
+
+    encoder_ln_mode: str = "post-ln"
+    layer_norm_type: str = "pytorch"
+    sparse_mask_prediction: bool = False
+    layernorm_embedding: bool = True
+    next_sentence_prediction: bool = True
+    vocab_pad_multiple: int = 1
+
+    def __post_init__(self, **kwargs):
+        if self.layer_norm_type == "apex":
+            logger.warning("notice: layer_norm_type 'apex' is an alias of 'pytorch' (torch's fused LayerNorm); NVIDIA apex is not used")
+            self.layer_norm_type = "pytorch"
+        problems = []
+        if self.encoder_ln_mode not in LN_MODES:
+            problems.append(f"encoder_ln_mode {self.encoder_ln_mode!r} is not one of: {', '.join(LN_MODES)}")
+        if self.layer_norm_type not in NORMS:
+            problems.append(f"layer_norm_type {self.layer_norm_type!r} is not one of: apex, {', '.join(NORMS)}")
+        if not isinstance(self.vocab_pad_multiple, int) or self.vocab_pad_multiple < 1:
+            problems.append(f"vocab_pad_multiple must be an integer >= 1 (got {self.vocab_pad_multiple!r})")
+        if problems:
+            raise UserError("invalid model config: " + "; ".join(problems))
+        super().__post_init__(**kwargs)
+
+    @property
+    def pre_ln(self) -> bool:
+        """True for pre-LayerNorm transformer blocks."""
+        return self.encoder_ln_mode == "pre-ln"
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and MLM projection: vocab_size rounded up to vocab_pad_multiple."""
+        multiple = self.vocab_pad_multiple
+        return -(-self.vocab_size // multiple) * multiple
+
+    def to_dict(self) -> dict:
+        """As transformers', but pre-ln configs are saved with ``model_type`` = :data:`PRE_LN_MODEL_TYPE`."""
+        output = super().to_dict()
+        if self.pre_ln:
+            output["model_type"] = PRE_LN_MODEL_TYPE
+        return output
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """As transformers', reading :data:`PRE_LN_MODEL_TYPE` back as this class's model type."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == PRE_LN_MODEL_TYPE:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
+
+def build_config(model_args, vocab_size: int | None = None) -> BertConfig:
+    """The :class:`BertConfig` described by ``--model_type``, ``--hidden_size`` ... flags.
+
+    ``vocab_size`` (from the tokenizer or the shards' manifest) overrides
+    ``model_args.vocab_size``. ``--layer_norm_type apex`` becomes ``pytorch`` with a notice.
+    """
+    if model_args.fused_linear_layer:
+        logger.warning("notice: --fused_linear_layer has no effect (torch fuses bias + activation itself)")
+    return BertConfig(
+        vocab_size=vocab_size if vocab_size is not None else model_args.vocab_size,
+        vocab_pad_multiple=model_args.vocab_pad_multiple,
+        hidden_size=model_args.hidden_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        intermediate_size=model_args.intermediate_size,
+        hidden_act=model_args.hidden_act,
+        hidden_dropout_prob=model_args.hidden_dropout_prob,
+        attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
+        max_position_embeddings=model_args.max_position_embeddings,
+        type_vocab_size=model_args.type_vocab_size,
+        initializer_range=model_args.initializer_range,
+        layer_norm_eps=model_args.layer_norm_eps,
+        encoder_ln_mode=model_args.encoder_ln_mode,
+        layer_norm_type=model_args.layer_norm_type,
+        sparse_mask_prediction=model_args.sparse_mask_prediction,
+        layernorm_embedding=model_args.layernorm_embedding,
+        next_sentence_prediction=model_args.model_type == "bert-mlm-nsp",
+    )
+
+
+class BertPreTrainedModel(PreTrainedModel):
+    """Base class: BERT initialisation, :class:`BertConfig`, ``save_pretrained``/``from_pretrained``."""
+
+    config_class = BertConfig
+    base_model_prefix = "bert"
+    _keys_to_ignore_on_load_unexpected = [r"position_ids$"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Normal(0, initializer_range) for Linear/Embedding, ones/zeros for norms, zero MLM bias."""
+        super()._init_weights(module)
+        if isinstance(module, BertLMPredictionHead):
+            transformers.initialization.zeros_(module.bias)
+
+
+class BertModel(BertPreTrainedModel):
+    """The encoder: embeddings, transformer layers and (optionally) the pooler."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> BaseModelOutputWithPooling:
+        """``input_ids`` ``[B, S]``; ``attention_mask`` 1 = token, 0 = padding. Returns hidden states (+ pooled)."""
+        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), padding_mask(attention_mask))
+        pooled = self.pooler(hidden) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+
+
+@dataclass
+class BertForPreTrainingOutput(ModelOutput):
+    """Output of :class:`BertForPreTraining`.
+
+    ``prediction_logits``: ``[B, S, vocab_size]``; with ``sparse_mask_prediction`` and
+    labels given, ``[N, vocab_size]`` for the N positions where ``labels != -100``, in
+    row-major (batch, position) order. ``loss`` = ``masked_lm_loss`` (+ ``next_sentence_loss``).
+    """
+
+    loss: torch.Tensor | None = None
+    prediction_logits: torch.Tensor | None = None
+    seq_relationship_logits: torch.Tensor | None = None
+    masked_lm_loss: torch.Tensor | None = None
+    next_sentence_loss: torch.Tensor | None = None
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with the masked-LM head and, when ``config.next_sentence_prediction``, the NSP head.
+
+    Without NSP the model has no pooler or ``cls.seq_relationship`` (no unused parameters
+    under DDP); such weights in a checkpoint are ignored on load.
+    """
+
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+    _keys_to_ignore_on_load_unexpected = [r"position_ids$", r"^bert\.pooler\.", r"^cls\.seq_relationship\."]
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=config.next_sentence_prediction)
+        self.cls = BertPreTrainingHeads(config)
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                next_sentence_label: torch.Tensor | None = None) -> BertForPreTrainingOutput:
+        """``labels`` ``[B, S]``: target token ids, -100 where nothing is predicted.
+
+        ``next_sentence_label`` ``[B]``: 0 = B follows A, 1 = random (NSP models only).
+        """
+        encoded = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        hidden, targets = encoded.last_hidden_state, labels
+        if self.config.sparse_mask_prediction and labels is not None:
+            keep = labels.reshape(-1) != -100
+            hidden, targets = hidden.reshape(-1, hidden.shape[-1])[keep], labels.reshape(-1)[keep]
+        logits = self.cls.predictions(hidden)
+        out = BertForPreTrainingOutput(prediction_logits=logits)
+        if labels is not None:
+            out.masked_lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+            out.loss = out.masked_lm_loss
+        if self.config.next_sentence_prediction:
+            out.seq_relationship_logits = self.cls.seq_relationship(encoded.pooler_output)
+            if next_sentence_label is not None:
+                out.next_sentence_loss = F.cross_entropy(out.seq_relationship_logits.float(), next_sentence_label.reshape(-1))
+                out.loss = out.next_sentence_loss if out.loss is None else out.loss + out.next_sentence_loss
+        return out
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """BERT + dropout + linear classifier on the pooled output (as transformers').
+
+    Loss: MSE when ``num_labels == 1`` (regression), cross-entropy for integer labels,
+    BCE-with-logits for multi-label; ``config.problem_type`` overrides the guess.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"position_ids$", r"^cls\."]
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        """Returns ``logits`` ``[B, num_labels]`` and, with ``labels``, ``loss``."""
+        pooled = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).pooler_output
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else self._loss(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float()) if self.num_labels == 1 \
+                else F.mse_loss(logits.float(), labels.float())
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DeepSpeed engines (``.module``) and ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (fp32) and the tokenizer files to ``out_dir``.
+
+    The vocabulary padding is dropped (the exported config has ``vocab_pad_multiple=1``).
+    A masked-LM-only :class:`BertForPreTraining` gets a freshly initialised (untrained)
+    pooler and NSP head in the file, so that with post-ln,
+    ``transformers.BertForPreTraining.from_pretrained(out_dir)`` loads with no missing or
+    unexpected keys. Pre-ln exports load through this module's classes; transformers'
+    BERT classes cannot run them and say so (model type :data:`PRE_LN_MODEL_TYPE`, missing
+    LayerNorm keys). ``tokenizer`` may be None. Files are written to temporary names and
+    renamed, so an interrupted export never leaves a complete-looking but corrupt file.
+    """
+    from safetensors.torch import save_file
+
+    model = unwrap_model(model)
+    if not isinstance(model, BertPreTrainedModel):
+        raise UserError(f"export_pretrained needs a model from pretraining.modeling, got {type(model).__name__}")
+    config = copy.deepcopy(model.config)
+    vocab, padded = config.vocab_size, config.padded_vocab_size
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
+        if key.endswith(VOCAB_KEY_SUFFIXES) and tensor.shape[0] == padded:
+            tensor = tensor[:vocab]
+        state[key] = tensor.clone().contiguous()
+    if isinstance(model, BertForPreTraining) and not config.next_sentence_prediction:
+        state.update(_untrained_nsp_weights(config))
+    config.vocab_pad_multiple = 1
+    config.architectures = [type(model).__name__]
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_weights = out / "model.safetensors.tmp"
+    save_file(state, str(tmp_weights), metadata={"format": "pt"})
+    tmp_weights.replace(out / "model.safetensors")
+    tmp_config = out / "config.json.tmp"
+    tmp_config.write_text(config.to_json_string())
+    tmp_config.replace(out / "config.json")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+def _untrained_nsp_weights(config: BertConfig) -> dict[str, torch.Tensor]:
+    """Deterministic BERT-initialised pooler + NSP head for exports of masked-LM-only models."""
+    generator = torch.Generator().manual_seed(0)
+    h, std = config.hidden_size, config.initializer_range
+    return {
+        "bert.pooler.dense.weight": torch.randn(h, h, generator=generator) * std,
+        "bert.pooler.dense.bias": torch.zeros(h),
+        "cls.seq_relationship.weight": torch.randn(2, h, generator=generator) * std,
+        "cls.seq_relationship.bias": torch.zeros(2),
+    }

@@ -1,0 +1,189 @@
+"""Optimizers by name (``--optimizer_type``): adam, adamw, lamb, adafactor.
+
+:func:`build_optimizer` puts biases and normalisation weights in a group without
+weight decay and everything else in a group with ``--weight_decay``, then calls the
+builder registered in :data:`OPTIMIZERS`:
+
+* ``adam``: ``torch.optim.Adam``, weight decay as an L2 term added to the gradient.
+* ``adamw``: ``torch.optim.AdamW``, decoupled weight decay.
+* ``lamb``: :class:`Lamb`, DeepSpeed FusedLamb's update on any device (see there);
+  ``use_fused=True`` on a GPU uses DeepSpeed's FusedLamb kernel itself.
+* ``adafactor``: ``transformers.optimization.Adafactor`` with the external learning
+  rate (``relative_step=False, scale_parameter=False``, as academic-budget-bert);
+  ``--adam_beta1`` > 0 keeps a first moment, 0 disables it.
+
+``use_fused``: None (default) picks torch's fused Adam/AdamW kernels when every
+parameter is on a GPU (build the optimizer after moving the model) and the foreach
+implementations otherwise; True forces fused kernels, False forbids them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from pretraining.errors import UserError
+
+NO_DECAY_MODULES = (nn.LayerNorm, nn.RMSNorm)
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB with the exact update of DeepSpeed's FusedLamb (academic-budget-bert's optimizer).
+
+    Per parameter tensor ``p`` with gradient ``g``, at step ``t``::
+
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        u = m / (sqrt(v) + eps) + weight_decay * p
+        ratio = clip(||p|| / ||u||, min_coeff, max_coeff)   (1 when either norm is 0)
+        step_size = lr * sqrt(1 - beta2**t) / (1 - beta1**t) if bias_correction else lr
+        p = p - step_size * ratio * u
+
+    Note that, like FusedLamb, bias correction scales the step rather than ``m`` and
+    ``v`` (it cancels inside the trust ratio otherwise). State keys (``step``,
+    ``exp_avg``, ``exp_avg_sq``) are FusedLamb's, so optimizer checkpoints carry over.
+    The update runs on torch's multi-tensor (foreach) kernels.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, bias_correction: bool = True, max_coeff: float = 10.0,
+                 min_coeff: float = 0.01):
+        if not 0.0 <= min_coeff <= max_coeff:
+            raise UserError(f"LAMB needs 0 <= min_coeff <= max_coeff (got {min_coeff}, {max_coeff})")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
+                        max_coeff=max_coeff, min_coeff=min_coeff)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        """One LAMB update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update_group(group, params)
+        return loss
+
+    def _update_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("Lamb does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denominators, group["eps"])
+        updates = torch._foreach_div(exp_avgs, denominators)
+        if group["weight_decay"]:
+            torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+
+        weight_norms = torch.stack(torch._foreach_norm(params))
+        update_norms = torch.stack(torch._foreach_norm(updates))
+        ratios = (weight_norms / update_norms).clamp(group["min_coeff"], group["max_coeff"])
+        ratios = torch.where((weight_norms > 0) & (update_norms > 0), ratios, torch.ones_like(ratios))
+        step_sizes = [self._step_size(group, t) for t in steps]
+        scales = (ratios * torch.tensor(step_sizes, dtype=ratios.dtype, device=ratios.device)).neg_()
+        torch._foreach_mul_(updates, list(scales.unbind()))
+        torch._foreach_add_(params, updates)
+
+    @staticmethod
+    def _step_size(group: dict, step: int) -> float:
+        if not group["bias_correction"]:
+            return group["lr"]
+        beta1, beta2 = group["betas"]
+        return group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed weights, and biases + LayerNorm/RMSNorm weights with no decay.
+
+    Tied parameters appear once; frozen parameters (``requires_grad=False``) are left out.
+    """
+    no_decay = {id(p) for m in model.modules() if isinstance(m, NO_DECAY_MODULES) for p in m.parameters(recurse=False)}
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (plain if name.endswith("bias") or id(p) in no_decay else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _on_gpu(groups: Iterable[dict]) -> bool:
+    return all(p.is_cuda for g in groups for p in g["params"])
+
+
+def _adam_kwargs(args, groups, use_fused):
+    fused = _on_gpu(groups) if use_fused is None else use_fused
+    return dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, fused=True if fused else None)
+
+
+def _adam(groups, args, use_fused):
+    return torch.optim.Adam(groups, **_adam_kwargs(args, groups, use_fused))
+
+
+def _adamw(groups, args, use_fused):
+    return torch.optim.AdamW(groups, **_adam_kwargs(args, groups, use_fused))
+
+
+def _lamb(groups, args, use_fused):
+    kwargs = dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps,
+                  bias_correction=args.bias_correction, max_coeff=args.max_coeff, min_coeff=args.min_coeff)
+    if use_fused:
+        return _deepspeed_fused_lamb(groups, kwargs)
+    return Lamb(groups, **kwargs)
+
+
+def _deepspeed_fused_lamb(groups, kwargs):
+    if not _on_gpu(groups):
+        raise UserError("fused LAMB (DeepSpeed FusedLamb) runs only on a GPU; leave use_fused unset to use the "
+                        "equivalent torch implementation")
+    from deepspeed.ops.lamb import FusedLamb
+
+    return FusedLamb(groups, **kwargs)
+
+
+def _adafactor(groups, args, use_fused):
+    from transformers.optimization import Adafactor
+
+    return Adafactor(groups, lr=args.lr, beta1=args.adam_beta1 or None, relative_step=False,
+                     scale_parameter=False, warmup_init=False)
+
+
+#: name -> builder(param_groups, OptimizerArguments, use_fused) -> torch.optim.Optimizer
+OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw, "lamb": _lamb, "adafactor": _adafactor}
+
+
+def build_optimizer(model: nn.Module, args, use_fused: bool | None = None) -> torch.optim.Optimizer:
+    """The ``args.optimizer_type`` optimizer over ``model``'s trainable parameters.
+
+    ``args`` is an :class:`~pretraining.args.OptimizerArguments`. Unknown names raise a
+    UserError listing the valid ones.
+    """
+    name = str(args.optimizer_type).lower()
+    if name not in OPTIMIZERS:
+        raise UserError(f"--optimizer_type {args.optimizer_type!r} is not one of: {', '.join(sorted(OPTIMIZERS))}")
+    groups = parameter_groups(model, args.weight_decay)
+    if not groups:
+        raise UserError("the model has no trainable parameters (all have requires_grad=False)")
+    return OPTIMIZERS[name](groups, args, use_fused)

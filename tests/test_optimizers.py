@@ -1,0 +1,208 @@
+"""pretraining.optimizers: each optimizer's first steps against a float64 reference of its published rule."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pretraining.args import OptimizerArguments
+from pretraining.errors import UserError
+from pretraining.modeling import BertConfig, BertForPreTraining
+from pretraining.optimizers import OPTIMIZERS, Lamb, build_optimizer, parameter_groups
+
+STEPS = 3
+
+
+class Tiny(nn.Module):
+    """A matrix, a bias-carrying layer and a LayerNorm: both parameter groups, factored and unfactored shapes."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(6, 5)
+        self.LayerNorm = nn.LayerNorm(5)
+        self.out = nn.Linear(5, 4, bias=False)
+
+
+def make_model(seed=0) -> Tiny:
+    torch.manual_seed(seed)
+    model = Tiny()
+    with torch.no_grad():
+        model.LayerNorm.weight.add_(0.1 * torch.randn(5))
+        model.LayerNorm.bias.add_(0.1 * torch.randn(5))
+    return model
+
+
+def gradients(model, step):
+    """A fixed, distinct gradient per parameter and step (replaces a backward pass)."""
+    g = torch.Generator().manual_seed(100 + step)
+    return {name: torch.randn(p.shape, generator=g, dtype=torch.float64) * (1 + step) for name, p in model.named_parameters()}
+
+
+def run(model, optimizer, steps=STEPS, start=0):
+    for step in range(start, start + steps):
+        for name, p in model.named_parameters():
+            p.grad = gradients(model, step)[name].to(p.dtype)
+        optimizer.step()
+
+
+def args(name, **overrides) -> OptimizerArguments:
+    values = dict(optimizer_type=name, lr=0.01, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.98, adam_eps=1e-6)
+    values.update(overrides)
+    return OptimizerArguments(**values)
+
+
+def decayed(name):
+    return name.endswith("weight") and "LayerNorm" not in name
+
+
+def reference(model, update_rule, opt_args):
+    """Apply ``update_rule(p, g, state, step, wd, a)`` in float64 to copies of the parameters."""
+    params = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+    states = {n: {} for n in params}
+    for step in range(STEPS):
+        grads = gradients(model, step)
+        for name in params:
+            wd = opt_args.weight_decay if decayed(name) else 0.0
+            params[name] = update_rule(params[name], grads[name], states[name], step + 1, wd, opt_args)
+    return params, states
+
+
+def adam_l2(p, g, s, t, wd, a):
+    g = g + wd * p
+    s["m"] = a.adam_beta1 * s.get("m", 0) + (1 - a.adam_beta1) * g
+    s["v"] = a.adam_beta2 * s.get("v", 0) + (1 - a.adam_beta2) * g * g
+    m_hat, v_hat = s["m"] / (1 - a.adam_beta1**t), s["v"] / (1 - a.adam_beta2**t)
+    return p - a.lr * m_hat / (v_hat.sqrt() + a.adam_eps)
+
+
+def adamw(p, g, s, t, wd, a):
+    p = p * (1 - a.lr * wd)
+    return adam_l2(p, g, s, t, 0.0, a)
+
+
+def lamb(p, g, s, t, wd, a):
+    """LAMB (You et al. 2019, Alg. 2) with FusedLamb's trust-ratio clip and step-size bias correction."""
+    s["m"] = a.adam_beta1 * s.get("m", 0) + (1 - a.adam_beta1) * g
+    s["v"] = a.adam_beta2 * s.get("v", 0) + (1 - a.adam_beta2) * g * g
+    r = s["m"] / (s["v"].sqrt() + a.adam_eps) + wd * p
+    w_norm, r_norm = p.norm(), r.norm()
+    raw = float(w_norm / r_norm) if w_norm > 0 and r_norm > 0 else 1.0
+    ratio = min(max(raw, a.min_coeff), a.max_coeff)
+    s["clipped"] = s.get("clipped", False) or ratio != raw
+    lr = a.lr * math.sqrt(1 - a.adam_beta2**t) / (1 - a.adam_beta1**t) if a.bias_correction else a.lr
+    return p - lr * ratio * r
+
+
+def adafactor(p, g, s, t, wd, a):
+    """Adafactor (Shazeer & Stern 2018, Alg. 4/5): factored second moment for matrices, RMS clip d=1, beta1 momentum."""
+    beta2 = 1 - t ** -0.8
+    g2 = g * g + 1e-30
+    if p.dim() >= 2:
+        s["r"] = beta2 * s.get("r", 0) + (1 - beta2) * g2.mean(-1)
+        s["c"] = beta2 * s.get("c", 0) + (1 - beta2) * g2.mean(-2)
+        v = torch.outer(s["r"], s["c"]) / s["r"].mean()
+    else:
+        s["v"] = beta2 * s.get("v", 0) + (1 - beta2) * g2
+        v = s["v"]
+    u = g / v.sqrt()
+    u = u / max(1.0, float(u.pow(2).mean().sqrt()))
+    s["m"] = a.adam_beta1 * s.get("m", 0) + (1 - a.adam_beta1) * a.lr * u
+    return p - a.lr * wd * p - s["m"]
+
+
+CASES = {
+    "adam": (args("adam"), adam_l2),
+    "adamw": (args("adamw"), adamw),
+    "lamb": (args("lamb", max_coeff=0.3, min_coeff=0.01), lamb),
+    "lamb_bias_corrected": (args("lamb", bias_correction=True, max_coeff=10.0, min_coeff=0.5), lamb),
+    "adafactor": (args("adafactor", lr=0.05), adafactor),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_first_steps_match_the_published_update(case):
+    opt_args, rule = CASES[case]
+    model = make_model()
+    expected, states = reference(model, rule, opt_args)
+    run(model, build_optimizer(model, opt_args))
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach().double(), expected[name], atol=1e-6, rtol=1e-5, msg=name)
+    if rule is lamb:  # the trust-ratio clip must bind for some tensor, or it is not tested
+        assert any(state["clipped"] for state in states.values())
+
+
+def test_lamb_matches_pytorch_optimizer_lamb_without_clipping():
+    from pytorch_optimizer import Lamb as ReferenceLamb
+
+    ours, theirs = make_model(), make_model()
+    groups = lambda m: [{"params": list(m.parameters()), "weight_decay": 0.05}]
+    a = Lamb(groups(ours), lr=0.01, betas=(0.9, 0.98), eps=1e-8, bias_correction=False, max_coeff=1e9, min_coeff=0.0)
+    b = ReferenceLamb(groups(theirs), lr=0.01, betas=(0.9, 0.98), eps=1e-8, weight_decouple=False, adam_debias=True,
+                      max_grad_norm=0.0)
+    run(ours, a)
+    run(theirs, b)
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_adafactor_matches_transformers_adafactor():
+    from transformers.optimization import Adafactor
+
+    ours, theirs = make_model(), make_model()
+    opt_args = args("adafactor", lr=0.05)
+    direct = Adafactor(parameter_groups(theirs, 0.1), lr=0.05, beta1=0.9, relative_step=False, scale_parameter=False,
+                       warmup_init=False)
+    run(ours, build_optimizer(ours, opt_args))
+    run(theirs, direct)
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_state_dict_round_trip_resumes_identically(name):
+    straight = make_model()
+    optimizer = build_optimizer(straight, args(name))
+    run(straight, optimizer, steps=2)
+    buffer = io.BytesIO()
+    torch.save({"model": straight.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    run(straight, optimizer, steps=2, start=2)
+
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed = make_model(seed=1)
+    resumed.load_state_dict(saved["model"])
+    optimizer = build_optimizer(resumed, args(name))
+    optimizer.load_state_dict(saved["optimizer"])
+    run(resumed, optimizer, steps=2, start=2)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_no_weight_decay_on_biases_and_norms_of_bert():
+    model = BertForPreTraining(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=32, layer_norm_type="rms_norm", encoder_ln_mode="pre-ln"))
+    decay, plain = parameter_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)] for p in plain["params"])
+    assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_fused_adamw_matches_foreach():
+    a, b = make_model(), make_model()
+    run(a, build_optimizer(a, args("adamw"), use_fused=True))
+    run(b, build_optimizer(b, args("adamw"), use_fused=False))
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_errors_name_the_fix():
+    with pytest.raises(UserError, match="adafactor, adam, adamw, lamb"):
+        build_optimizer(make_model(), args("sgd"))
+    with pytest.raises(UserError, match="only on a GPU"):
+        build_optimizer(make_model(), args("lamb"), use_fused=True)
