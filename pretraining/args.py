@@ -68,7 +68,9 @@ class ModelArguments:
                   "choices": ["pytorch", "apex", "rms_norm"]},
     )
     layernorm_embedding: bool = field(
-        default=False, metadata={"help": "Apply a LayerNorm to the embeddings even in pre-ln mode"}
+        default=True,
+        metadata={"help": "LayerNorm on the summed embeddings. post-ln always has it; in pre-ln it is on by default "
+                          "(as in academic-budget-bert) and --layernorm_embedding false removes it"},
     )
 
     def validate(self, check: ArgumentChecker) -> None:
@@ -81,6 +83,9 @@ class ModelArguments:
         check.require(self.vocab_pad_multiple >= 1, "--vocab_pad_multiple must be >= 1")
         check.require(0 <= self.hidden_dropout_prob < 1 and 0 <= self.attention_probs_dropout_prob < 1,
                       "dropout probabilities must be in [0, 1)")
+        from transformers.activations import ACT2FN
+
+        check.choice("--hidden_act", self.hidden_act, sorted(ACT2FN))
 
 
 @dataclass
@@ -97,7 +102,11 @@ class OptimizerArguments:
     min_coeff: float = field(default=0.01, metadata={"help": "LAMB: lower clip of the trust ratio"})
     adam_beta1: float = field(default=0.9, metadata={"help": "Adam/AdamW/LAMB beta1 (Adafactor: 0 disables momentum)"})
     adam_beta2: float = field(default=0.999, metadata={"help": "Adam/AdamW/LAMB beta2"})
-    adam_eps: float = field(default=1e-6, metadata={"help": "Adam/AdamW/LAMB epsilon"})
+    adam_eps: float = field(
+        default=1e-6,
+        metadata={"help": "Adam/AdamW/LAMB epsilon (academic-budget-bert's LAMB ignored --adam_beta1/2/eps and used "
+                          "FusedLamb's 0.9/0.999/1e-8; here LAMB uses the flags)"},
+    )
 
     def __post_init__(self):
         self.optimizer_type = str(self.optimizer_type).lower()
@@ -119,7 +128,8 @@ class SchedulerArguments:
     lr_schedule: str = field(
         default="time",
         metadata={"help": "time: LR follows elapsed training time / --total_training_time; step: follows "
-                          "step / total steps; constant_step: warmup then constant",
+                          "optimizer steps / --max_steps (required); constant_step: warmup over --num_warmup_steps, "
+                          "then constant",
                   "choices": ["time", "step", "constant_step"]},
     )
     curve: str = field(default="linear", metadata={"help": "Decay after warmup: linear (to 0) or exp",
@@ -128,11 +138,12 @@ class SchedulerArguments:
     decay_rate: float = field(default=0.99, metadata={"help": "exp curve: LR multiplier per --decay_step"})
     decay_step: int = field(
         default=1000,
-        metadata={"help": "exp curve: decay period, in steps for step schedules and in 1/1000ths of the budget "
-                          "for the time schedule (see schedules.py)"},
+        metadata={"help": "exp curve: the LR is multiplied by --decay_rate every --decay_step steps (step "
+                          "schedules) or seconds of training (time schedule; academic-budget-bert counted hours)"},
     )
     num_warmup_steps: int = field(
-        default=1000, metadata={"help": "Warmup steps for step schedules when --warmup_proportion is 0"}
+        default=1000,
+        metadata={"help": "Warmup steps of constant_step, and of step when --warmup_proportion is 0"},
     )
     total_training_time: float = field(default=24.0, metadata={"help": "Training time budget in hours"})
 
@@ -141,3 +152,4 @@ class SchedulerArguments:
         check.require(self.total_training_time > 0, "--total_training_time must be > 0 hours")
         check.require(0 < self.decay_rate <= 1, "--decay_rate must be in (0, 1]")
         check.require(self.decay_step > 0, "--decay_step must be > 0")
+        check.require(self.num_warmup_steps >= 0, "--num_warmup_steps must be >= 0")
