@@ -6,15 +6,18 @@ builder registered in :data:`OPTIMIZERS`:
 
 * ``adam``: ``torch.optim.Adam``, weight decay as an L2 term added to the gradient.
 * ``adamw``: ``torch.optim.AdamW``, decoupled weight decay.
-* ``lamb``: :class:`Lamb`, DeepSpeed FusedLamb's update on any device (see there);
+* ``lamb``: :class:`Lamb`, DeepSpeed FusedLamb's update on any device (see there),
+  with ``--adam_beta1/--adam_beta2/--adam_eps`` (academic-budget-bert silently used
+  FusedLamb's 0.9/0.999/1e-8), ``--bias_correction``, ``--max_coeff``, ``--min_coeff``;
   ``use_fused=True`` on a GPU uses DeepSpeed's FusedLamb kernel itself.
 * ``adafactor``: ``transformers.optimization.Adafactor`` with the external learning
   rate (``relative_step=False, scale_parameter=False``, as academic-budget-bert);
   ``--adam_beta1`` > 0 keeps a first moment, 0 disables it.
 
 ``use_fused``: None (default) picks torch's fused Adam/AdamW kernels when every
-parameter is on a GPU (build the optimizer after moving the model) and the foreach
-implementations otherwise; True forces fused kernels, False forbids them.
+parameter is on a GPU (build the optimizer after moving the model), torch's default
+implementations otherwise, and :class:`Lamb` (multi-tensor kernels) for LAMB; True
+forces fused kernels (FusedLamb for LAMB, GPU only), False forbids them.
 """
 
 from __future__ import annotations

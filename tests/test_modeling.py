@@ -100,8 +100,8 @@ def test_real_minilm_hidden_states_match_transformers(minilm_dir, bert_tokenizer
     with torch.no_grad():
         expected, got = reference(**inputs), model(**inputs)
     real = inputs["attention_mask"].bool()
-    torch.testing.assert_close(got.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-5, rtol=1e-5)
 
 
 def test_classifier_from_bare_minilm_checkpoint(minilm_dir, bert_tokenizer):
@@ -112,7 +112,7 @@ def test_classifier_from_bare_minilm_checkpoint(minilm_dir, bert_tokenizer):
     inputs = bert_tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(model.eval().bert(**inputs).pooler_output, reference(**inputs).pooler_output,
-                                   atol=1e-5, rtol=1e-4)
+                                   atol=1e-5, rtol=1e-5)
         out = model(**inputs, labels=torch.tensor([1, 0]))
     assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
 
