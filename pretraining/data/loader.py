@@ -1,0 +1,159 @@
+"""Shard-epoch loader: which shard each rank reads, in which order, in equal steps.
+
+An *epoch* is one pass over one shard per data-parallel rank (academic-budget-bert's
+meaning). Shards are visited along an endless sequence made of seeded permutations
+of all train shards, so every shard is used once before any is reused:
+
+* ``per_device``: in epoch ``e`` rank ``r`` reads sequence position ``e * world + r``
+  (each rank its own shard);
+* ``dist``: every rank reads position ``e`` and takes every ``world``-th sample of it.
+
+Every rank runs the same number of optimizer steps in an epoch: the count comes from
+the shard lengths (HDF5 metadata every rank can read), not from what each rank happens
+to hold, so no rank waits in an all-reduce for a rank that has already finished (the
+hang of academic-budget-bert's loader with unequal shards). Samples beyond a whole
+number of steps are left out of that epoch; the shuffle differs each epoch.
+
+The position in the data is ``(epoch, step_in_epoch)``; batches are a pure function of
+it and the seed (dynamic masks included), so a resumed run reads exactly the batches
+an uninterrupted one would. With ``prefetch`` the next epoch's shard is read in a
+background thread while the current one trains.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import h5py
+import numpy as np
+
+from pretraining.errors import UserError
+
+LOADER_TYPES = ("per_device", "dist")
+
+
+def shard_length(path: Path) -> int:
+    """Number of samples in a shard, from its metadata (the data is not read)."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return int(handle["input_ids"].shape[0])
+    except (OSError, KeyError) as exc:
+        raise UserError(f"{path} is not a readable shard ({exc}); prepare the data again with prepare_dataset.py") from None
+
+
+def shard_order(position: int, num_shards: int, seed: int) -> int:
+    """Index of the shard at ``position`` of the endless sequence of seeded permutations."""
+    cycle, offset = divmod(position, num_shards)
+    return int(np.random.default_rng([seed, cycle]).permutation(num_shards)[offset])
+
+
+class ShardLoader:
+    """Yields, for each optimizer step, the list of ``grad_accum`` collated micro-batches of this rank.
+
+    ``read(path) -> dict[str, np.ndarray]`` loads a shard; ``collate(rows, rng)`` turns
+    rows into model inputs. ``length(path)`` gives a shard's sample count.
+    """
+
+    def __init__(self, shards: list[Path], *, read: Callable, collate: Callable, micro_batch: int, grad_accum: int,
+                 rank: int, world_size: int, loader_type: str, seed: int, max_steps_per_epoch: int | None = None,
+                 prefetch: bool = True, length: Callable[[Path], int] = shard_length):
+        if loader_type not in LOADER_TYPES:
+            raise UserError(f"--data_loader_type {loader_type!r} is not one of: {', '.join(LOADER_TYPES)}")
+        if not shards:
+            raise UserError("no train shards to read")
+        self.shards = list(shards)
+        self.read, self.collate, self.length = read, collate, length
+        self.micro_batch, self.grad_accum = micro_batch, grad_accum
+        self.rank, self.world_size = rank, world_size
+        self.loader_type, self.seed = loader_type, seed
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self._lengths: dict[Path, int] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch") if prefetch else None
+        self._pending: dict[Path, Future] = {}
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples one rank consumes per optimizer step."""
+        return self.micro_batch * self.grad_accum
+
+    def epoch_shards(self, epoch: int) -> list[Path]:
+        """The shard of every rank in ``epoch`` (one shard shared by all ranks for ``dist``)."""
+        n = len(self.shards)
+        if self.loader_type == "dist":
+            return [self.shards[shard_order(epoch, n, self.seed)]]
+        return [self.shards[shard_order(epoch * self.world_size + r, n, self.seed)] for r in range(self.world_size)]
+
+    def _length(self, path: Path) -> int:
+        if path not in self._lengths:
+            self._lengths[path] = self.length(path)
+        return self._lengths[path]
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Optimizer steps in ``epoch``; the same number on every rank."""
+        shards = self.epoch_shards(epoch)
+        per_rank = self._length(shards[0]) // self.world_size if self.loader_type == "dist" \
+            else min(self._length(p) for p in shards)
+        steps = per_rank // self.samples_per_step
+        if steps == 0:
+            raise UserError(
+                f"epoch {epoch}: a rank's share of shard(s) {', '.join(p.name for p in shards)} holds {per_rank} "
+                f"samples, fewer than one optimizer step per rank ({self.samples_per_step} = micro batch "
+                f"{self.micro_batch} x accumulation {self.grad_accum}): prepare fewer, larger shards, or lower "
+                "--train_batch_size")
+        return steps if self.max_steps_per_epoch is None else min(steps, self.max_steps_per_epoch)
+
+    def _my_shard(self, epoch: int) -> Path:
+        shards = self.epoch_shards(epoch)
+        return shards[0] if self.loader_type == "dist" else shards[self.rank]
+
+    def _load(self, path: Path) -> dict:
+        pending = self._pending.pop(path, None)
+        return pending.result() if pending is not None else self.read(path)
+
+    def _prefetch(self, epoch: int) -> None:
+        if self._pool is None:
+            return
+        path = self._my_shard(epoch)
+        if path not in self._pending:
+            self._pending[path] = self._pool.submit(self.read, path)
+
+    def _indices(self, epoch: int, num_rows: int, steps: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, epoch, 1]).permutation(num_rows)
+        if self.loader_type == "dist":
+            order = order[self.rank::self.world_size]
+        return order[: steps * self.samples_per_step]
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[list[dict]]:
+        """The steps of ``epoch`` from ``start_step`` on: each a list of ``grad_accum`` micro-batches."""
+        steps = self.steps_in_epoch(epoch)
+        rows = self._load(self._my_shard(epoch))
+        self._prefetch(epoch + 1)
+        num_rows = len(next(iter(rows.values())))
+        indices = self._indices(epoch, num_rows, steps)
+        for step in range(start_step, steps):
+            micro = []
+            for j in range(self.grad_accum):
+                number = step * self.grad_accum + j
+                take = indices[number * self.micro_batch:(number + 1) * self.micro_batch]
+                rng = np.random.default_rng([self.seed, epoch, self.rank, number, 2])
+                micro.append(self.collate({key: value[take] for key, value in rows.items()}, rng))
+            yield micro
+
+    def close(self) -> None:
+        """Stop the prefetch thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pending.clear()
+
+
+def validation_batches(path: Path, *, read: Callable, collate: Callable, micro_batch: int, rank: int,
+                       world_size: int, seed: int) -> Iterator[dict]:
+    """All of one test shard, every ``world_size``-th sample for this rank, in fixed order and masks."""
+    rows = read(path)
+    num_rows = len(next(iter(rows.values())))
+    mine = np.arange(rank, num_rows, world_size)
+    for number, start in enumerate(range(0, len(mine), micro_batch)):
+        take = mine[start:start + micro_batch]
+        yield collate({key: value[take] for key, value in rows.items()}, np.random.default_rng([seed, number, 3]))

@@ -1,0 +1,355 @@
+"""Training engines: DeepSpeed, or plain torch (one process, or DDP under torchrun).
+
+Both give the training loop the same small interface, so there is one loop:
+
+* ``forward(batch) -> loss`` (mixed precision inside), ``backward(loss)``,
+* ``step() -> None | bool``, called after every micro-batch's backward: ``None``
+  between accumulation boundaries, at a boundary ``True`` when the update was
+  applied and ``False`` when an fp16 overflow made the loss scaler skip it,
+* ``zero_grad()``, ``train()`` / ``eval()``, ``evaluate(batch) -> loss`` (no grad),
+* ``save(folder)`` / ``load(folder)`` (model, optimizer, loss scaler),
+  ``export_model()`` (the model with full-precision weights; collective under ZeRO).
+
+The learning rate is not the engine's business: the schedule writes it into the
+client optimizer's param groups, which DeepSpeed's wrappers step. Gradient clipping
+is always set from ``--gradient_clipping`` (0 = off) for both engines, so they agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pretraining.errors import UserError
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# DeepSpeed's dynamic loss scaling as academic-budget-bert configured it.
+DEEPSPEED_PRECISION = {
+    "fp32": {},
+    "bf16": {"bf16": {"enabled": True}},
+    "fp16": {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                      "hysteresis": 2, "min_loss_scale": 1}},
+}
+# Keys a --deepspeed_config file may not set: the flags own the optimizer and the schedule.
+FORBIDDEN_DEEPSPEED_KEYS = {"optimizer": "--optimizer_type and its flags", "scheduler": "--lr_schedule and its flags"}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank, world size, and the device it trains on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Sum a few numbers over all ranks (float64); the identity on one process."""
+        if self.world_size == 1:
+            return list(values)
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any rank (a collective: every rank must call it)."""
+        return self.sum([float(flag)])[0] > 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def setup_distributed(use_deepspeed: bool, local_rank: int = -1) -> DistInfo:
+    """Initialise the process group the engine needs and pick the device.
+
+    torchrun and the deepspeed launcher set RANK/WORLD_SIZE/LOCAL_RANK. DeepSpeed needs
+    a process group even for one process: when those variables are absent, this sets
+    them for a single local process (MASTER_ADDR=127.0.0.1 and a free MASTER_PORT)
+    in ``os.environ``, which is where torch.distributed reads them.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", max(local_rank, 0)))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if use_deepspeed:
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local), MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        import deepspeed
+
+        deepspeed.init_distributed(verbose=False)
+    elif world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, device)
+    return DistInfo(0, 1, local, device)
+
+
+def check_precision_supported(precision: str) -> str | None:
+    """The problem with ``precision`` on this machine, or None when it can run."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        return ("--fp16 needs a CUDA GPU (none found; DeepSpeed's and torch's fp16 loss scaling do not run on the "
+                "CPU): drop --fp16 for fp32, or use --bf16")
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "--bf16 is not supported by this GPU: use --fp16 or fp32"
+    return None
+
+
+def deepspeed_config(ds_args, *, train_batch_size: int, micro_batch: int, grad_accum: int) -> dict:
+    """The DeepSpeed config generated from the flags, overridden by ``--deepspeed_config`` keys."""
+    config = {
+        "train_batch_size": train_batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": float(ds_args.gradient_clipping),
+        "steps_per_print": ds_args.steps_per_print,
+        "wall_clock_breakdown": ds_args.wall_clock_breakdown,
+        "prescale_gradients": ds_args.prescale_gradients,
+        "zero_optimization": {"stage": ds_args.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        **DEEPSPEED_PRECISION[ds_args.precision],
+    }
+    if ds_args.gradient_predivide_factor is not None:
+        config["gradient_predivide_factor"] = ds_args.gradient_predivide_factor
+    if ds_args.deepspeed_config:
+        path = Path(ds_args.deepspeed_config)
+        try:
+            override = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"--deepspeed_config {path} is not a readable JSON file: {exc}") from None
+        bad = [f"'{key}' (set it with {flag})" for key, flag in FORBIDDEN_DEEPSPEED_KEYS.items() if key in override]
+        if bad:
+            raise UserError(f"--deepspeed_config {path} may not set {', '.join(bad)}: remove it from the file")
+        config = _deep_merge(config, override)
+    return config
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+class TorchEngine:
+    """Plain torch: autocast for bf16/fp16, GradScaler for fp16, DDP when world_size > 1."""
+
+    def __init__(self, model, optimizer, *, dist_info: DistInfo, precision: str, grad_accum: int,
+                 micro_batch: int, gradient_clipping: float):
+        self.module = model.to(dist_info.device)
+        self.optimizer = optimizer
+        self.device = dist_info.device
+        self.precision = precision
+        self.grad_accum = grad_accum
+        self.micro_batch = micro_batch
+        self.clip = gradient_clipping
+        self._dtype = AUTOCAST_DTYPES[precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self._micro = 0
+        self.sharded = False
+        self.network = self.module
+        if dist_info.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.module, device_ids=ids)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self._dtype or torch.bfloat16, enabled=self._dtype is not None)
+
+    @property
+    def at_boundary(self) -> bool:
+        return (self._micro + 1) % self.grad_accum == 0
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        if self.network is not self.module:  # all-reduce gradients only on the boundary micro-batch
+            self.network.require_backward_grad_sync = self.at_boundary
+        with self._autocast():
+            return self.network(**batch).loss
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss / self.grad_accum).backward()
+
+    def step(self) -> bool | None:
+        boundary = self.at_boundary
+        self._micro += 1
+        if not boundary:
+            return None
+        if self.clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.zero_grad()
+        return not self.scaler.is_enabled() or self.scaler.get_scale() >= scale
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def loss_scale(self) -> float | None:
+        return self.scaler.get_scale() if self.scaler.is_enabled() else None
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict) -> torch.Tensor:
+        with self._autocast():
+            return self.module(**batch).loss
+
+    def export_model(self):
+        """The model with full-precision weights, for export (the trained module itself)."""
+        return self.module
+
+    def save(self, folder: Path, is_main: bool) -> None:
+        if is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict(), "micro": self._micro}, folder / "engine.pt")
+
+    def load(self, folder: Path) -> None:
+        state = torch.load(folder / "engine.pt", map_location=self.device, weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self._micro = state["micro"]
+
+
+def _deepspeed_safe_globals() -> list:
+    """The few DeepSpeed classes its ZeRO/fp16 checkpoints pickle (allowed for weights_only loads)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _weights_only_checkpoint_engine(config):
+    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True``."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return WeightsOnlyCheckpointEngine(config)
+
+
+class DeepSpeedEngine:
+    """The real DeepSpeed engine with a client optimizer (no DeepSpeed LR scheduler)."""
+
+    TAG = "deepspeed"
+
+    def __init__(self, model, optimizer, *, dist_info: DistInfo, precision: str, config: dict):
+        import deepspeed
+        from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+        self.ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        if type(self.ds.checkpoint_engine) is TorchCheckpointEngine:
+            self.ds.checkpoint_engine = _weights_only_checkpoint_engine(self.ds._config)
+        self.module = self.ds.module
+        self.optimizer = optimizer
+        self.device = self.ds.device
+        self.precision = precision
+        self.grad_accum = self.ds.gradient_accumulation_steps()
+        self.micro_batch = self.ds.train_micro_batch_size_per_gpu()
+        self.sharded = self.ds.zero_optimization_stage() > 0  # optimizer state split over the ranks
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.ds(**batch).loss
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> bool | None:
+        boundary = self.ds.is_gradient_accumulation_boundary()
+        skipped = self.ds.skipped_steps
+        self.ds.step()
+        return (self.ds.skipped_steps == skipped) if boundary else None
+
+    def zero_grad(self) -> None:
+        self.ds.zero_grad()
+
+    @property
+    def loss_scale(self) -> float | None:
+        return float(self.ds.optimizer.cur_scale) if self.precision == "fp16" else None
+
+    def train(self) -> None:
+        self.ds.train()
+
+    def eval(self) -> None:
+        self.ds.eval()
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict) -> torch.Tensor:
+        return self.module(**batch).loss
+
+    def fp32_state_dict(self) -> dict:
+        """Full-precision weights: DeepSpeed's fp32 master copies where it keeps them (every rank must call)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        params = {p.data_ptr(): p for p in self.module.parameters()}
+        out = {}
+        for key, tensor in self.module.state_dict(keep_vars=True).items():
+            param = params.get(tensor.data_ptr())
+            master = safe_get_full_fp32_param(param) if param is not None else None
+            out[key] = (master if master is not None else tensor).detach().float().cpu()
+        return out
+
+    def export_model(self):
+        """The model with full-precision weights, for export; every rank must call it (collective under ZeRO)."""
+        if self.precision == "fp32":
+            return self.module
+        state = self.fp32_state_dict()
+        with torch.random.fork_rng(devices=[]):  # building a model draws random init; keep the run's RNG
+            model = type(self.module)(self.module.config)
+        model.load_state_dict(state)
+        return model
+
+    def save(self, folder: Path, is_main: bool) -> None:
+        self.ds.save_checkpoint(str(folder), tag=self.TAG, client_state={}, save_latest=False)
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.ds.load_checkpoint(str(folder), tag=self.TAG, load_optimizer_states=True,
+                                          load_lr_scheduler_states=False)
+        if path is None:
+            raise UserError(f"{folder} holds no DeepSpeed engine state (was the run trained without --deepspeed?)")
+
+
+def build_engine(model, optimizer, *, ds_args, dist_info: DistInfo, train_batch_size: int, micro_batch: int,
+                 grad_accum: int):
+    """DeepSpeedEngine with ``--deepspeed``, else TorchEngine; both see the same flags."""
+    if ds_args.deepspeed:
+        config = deepspeed_config(ds_args, train_batch_size=train_batch_size, micro_batch=micro_batch,
+                                  grad_accum=grad_accum)
+        return DeepSpeedEngine(model, optimizer, dist_info=dist_info, precision=ds_args.precision, config=config)
+    return TorchEngine(model, optimizer, dist_info=dist_info, precision=ds_args.precision, grad_accum=grad_accum,
+                       micro_batch=micro_batch, gradient_clipping=ds_args.gradient_clipping)
