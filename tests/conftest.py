@@ -45,6 +45,32 @@ def bert_tokenizer(minilm_dir):
 
 # --- data section -------------------------------------------------------------
 
+TINY_SHARD_FLAGS = [
+    "--max_documents", "300", "--max_seq_length", "64", "--max_predictions_per_seq", "10",
+    "--num_train_shards", "4", "--dup_factor", "1", "--num_test_shards", "1", "--frac_test", "0.05",
+    "--num_workers", "1", "--seed", "7",
+]
+
+
+def _prepare_tiny(folder: Path, *extra: str) -> Path:
+    from prepare_dataset import main
+
+    main(["--output_dir", str(folder), *TINY_SHARD_FLAGS, *extra])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """Statically masked shards of 300 offline Wikipedia documents (4 train + 1 test, seq 64, 10 predictions)."""
+    return _prepare_tiny(tmp_path_factory.mktemp("tiny_shards"))
+
+
+@pytest.fixture(scope="session")
+def tiny_shards_dynamic(tmp_path_factory) -> Path:
+    """As ``tiny_shards`` but dynamically masked (no masked_lm keys; the collator masks)."""
+    return _prepare_tiny(tmp_path_factory.mktemp("tiny_shards_dynamic"), "--masking", "dynamic")
+
+
 # --- model section ------------------------------------------------------------
 
 # --- training section ---------------------------------------------------------

@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Corpus -> tokenized, masked HDF5 shards (academic-budget-bert's format) + manifest.json.
+
+Examples:
+    # offline: the packaged Wikipedia lead sections, a few shards
+    python prepare_dataset.py --output_dir data/wiki_offline --num_train_shards 16 --dup_factor 2 \\
+        --num_test_shards 2 --frac_test 0.02
+
+    # full English Wikipedia on a node (as academic-budget-bert: 256 x 10 train files)
+    python prepare_dataset.py --dataset wikipedia --dataset_config 20231101.en \\
+        --tokenizer_name bert-large-uncased --do_lower_case --output_dir data/wikipedia \\
+        --max_seq_length 128 --num_train_shards 256 --dup_factor 10 --num_test_shards 128 --num_workers 32
+
+Rerunning a killed command resumes it. See ``--help`` for every flag.
+"""
+
+from __future__ import annotations
+
+from pretraining.cli import parse_args
+from pretraining.data.prepare import PrepareArguments, prepare
+from pretraining.errors import run_main
+
+
+@run_main
+def main(argv=None):
+    """Parse the flags and run the pipeline; returns the manifest (dict)."""
+    (args,) = parse_args([PrepareArguments], argv)
+    return prepare(args).manifest
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""prepare_dataset.py's pipeline: corpus -> tokenized, masked HDF5 shards + manifest.json.
+
+Stage 1 (tokenize): the main process reads documents in corpus order and assigns
+each to a split and shard (every ``1/frac_test``-th document to the test set, then
+round-robin over the split's shards); workers clean, sentence-split and tokenize
+chunks of documents into ``output_dir/.work``. Stage 2 (build): one worker task per
+shard packs, shuffles and masks its documents and writes its file(s) atomically.
+
+Every random choice is seeded by ``--seed`` and the file it belongs to, so the
+output is byte-identical whatever ``--num_workers`` is, and a killed run resumes:
+complete chunks and shards are kept, the rest is redone. ``manifest.json`` is
+written first (status "in_progress", with the settings, so a rerun with other
+settings is refused) and completed at the end with every file's sha256.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from pretraining.cli import ArgumentChecker, asdict
+from pretraining.errors import UserError
+from pretraining.data import corpus
+from pretraining.data.build import SampleSettings, ShardTask, build_shard
+from pretraining.data.chunkstore import SPLIT_CODES, ChunkStore, make_key, tokenize_chunk
+from pretraining.data.parallel import Workers
+from pretraining.data.shards import (
+    MANIFEST, SPLITS, list_shards, load_manifest_file, shard_name, write_json_atomic,
+)
+from pretraining.data.tokenization import TokenizerInfo, load_tokenizer
+
+WORK_DIR = ".work"
+TOKENIZED_MARKER = "tokenized.json"
+MAX_DOCS_PER_CHUNK = 1000
+MASKING = ("static", "dynamic")
+# Arguments that do not change the output (everything else must match to resume).
+RUNTIME_ONLY = ("output_dir", "num_workers", "overwrite", "cache_dir")
+WORKER_MODULES = ("pretraining.data.build", "pretraining.data.chunkstore", "tokenizers", "h5py")
+
+
+@dataclass
+class PrepareArguments:
+    """Flags of prepare_dataset.py."""
+
+    output_dir: str = field(metadata={"help": "Folder for the shards and manifest.json (created if missing)"})
+    dataset: Optional[str] = field(
+        default=None,
+        metadata={"help": "Named corpus: wikipedia (the Hub's English Wikipedia via datasets.load_dataset) or "
+                          "wikipedia-offline (10,033 lead sections shipped in a package; the default when no "
+                          "--input_files are given)"},
+    )
+    dataset_config: Optional[str] = field(
+        default=None, metadata={"help": "Config of --dataset wikipedia, e.g. 20231101.en (default) or 20231101.simple"}
+    )
+    input_files: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Local corpus files instead of --dataset: .txt (one document per line, or documents "
+                          "separated by blank lines), .jsonl/.json (field text), .parquet (column text), MediaWiki "
+                          "dumps .xml/.xml.bz2; text formats may be .gz/.bz2/.xz; a folder means its files",
+                  "nargs": "+"},
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Fast WordPiece tokenizer: Hub name (e.g. bert-large-uncased) or local folder; default: "
+                          "the packaged bert-base-uncased vocab"},
+    )
+    do_lower_case: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Lower-case the text (true/false); default: what the tokenizer itself does"},
+    )
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for Hub downloads"})
+    max_seq_length: int = field(default=128, metadata={"help": "Tokens per sample, [CLS] and [SEP] included"})
+    short_seq_prob: float = field(
+        default=0.1, metadata={"help": "Probability that a sample gets a shorter random target length"}
+    )
+    masking: str = field(
+        default="static",
+        metadata={"help": "static: masks written into the shards (academic-budget-bert's format); dynamic: no "
+                          "masked_lm keys, the collator masks every batch anew", "choices": list(MASKING)},
+    )
+    masked_lm_prob: float = field(default=0.15, metadata={"help": "Share of (non-special) tokens to predict"})
+    max_predictions_per_seq: int = field(default=20, metadata={"help": "Cap on predicted tokens per sample"})
+    num_train_shards: int = field(default=256, metadata={"help": "Train shards before duplication"})
+    dup_factor: int = field(
+        default=10,
+        metadata={"help": "Copies of each train shard with different packing and masks (256 x 10 = 2560 files)"},
+    )
+    num_test_shards: int = field(default=128, metadata={"help": "Test shards (not duplicated)"})
+    frac_test: float = field(default=0.1, metadata={"help": "Share of documents held out for the test shards"})
+    max_documents: Optional[int] = field(default=None, metadata={"help": "Use only the first N documents (quick runs)"})
+    num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Worker processes (default: the CPU cores available); the output does not depend on it"}
+    )
+    nsp: bool = field(
+        default=False, metadata={"help": "Make sentence pairs with next_sentence_labels (for --model_type bert-mlm-nsp)"}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the test split phase, packing, shuffling and masking"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Delete shards and manifest already in --output_dir, even of other settings"}
+    )
+
+    def validate(self, check: ArgumentChecker) -> None:
+        """Gather every argument error into ``check``."""
+        check.require(not (self.dataset and self.input_files), "give either --dataset or --input_files, not both")
+        if self.dataset is not None:
+            check.choice("--dataset", self.dataset, corpus.DATASETS)
+        check.choice("--masking", self.masking, MASKING)
+        check.require(self.max_seq_length >= 8, f"--max_seq_length must be >= 8 (got {self.max_seq_length})")
+        check.require(0 <= self.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1] (got {self.short_seq_prob})")
+        check.require(0 < self.masked_lm_prob < 1, f"--masked_lm_prob must be in (0, 1) (got {self.masked_lm_prob})")
+        check.require(1 <= self.max_predictions_per_seq <= max(1, self.max_seq_length - 2),
+                      f"--max_predictions_per_seq must be in [1, max_seq_length - 2] (got {self.max_predictions_per_seq})")
+        check.require(self.num_train_shards >= 1, f"--num_train_shards must be >= 1 (got {self.num_train_shards})")
+        check.require(self.dup_factor >= 1, f"--dup_factor must be >= 1 (got {self.dup_factor})")
+        check.require(self.num_test_shards >= 0, f"--num_test_shards must be >= 0 (got {self.num_test_shards})")
+        check.require(0 <= self.frac_test < 1, f"--frac_test must be in [0, 1) (got {self.frac_test})")
+        check.require((self.frac_test > 0) == (self.num_test_shards > 0),
+                      "--frac_test and --num_test_shards must both be 0 (no test set) or both be > 0")
+        check.require(self.max_documents is None or self.max_documents >= 1, "--max_documents must be >= 1")
+        check.require(self.num_workers is None or self.num_workers >= 1, "--num_workers must be >= 1")
+
+    @property
+    def workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass
+class PrepareResult:
+    """What a run produced: the manifest, and wall-clock seconds per stage."""
+
+    manifest: dict
+    timings: dict
+
+
+def _log(message: str) -> None:
+    print(f"[prepare_dataset] {message}", file=sys.stderr, flush=True)
+
+
+def _progress(iterable, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(iterable, file=sys.stderr, mininterval=2.0, **kwargs)
+
+
+# --- the output folder ----------------------------------------------------------
+
+def _settings(args: PrepareArguments, tokenizer: TokenizerInfo, files: list[Path]) -> dict:
+    settings = {k: v for k, v in asdict(args).items() if k not in RUNTIME_ONLY}
+    settings["dataset"] = None if files else (args.dataset or "wikipedia-offline")
+    settings["input_files"] = [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in files]
+    settings["tokenizer_sha256"] = tokenizer.sha256
+    settings["do_lower_case"] = tokenizer.do_lower_case
+    return settings
+
+
+def _our_files(out: Path) -> list[Path]:
+    found = [out / MANIFEST] if (out / MANIFEST).exists() else []
+    for split in SPLITS:
+        try:
+            found += list_shards(out, split)
+        except UserError:
+            pass
+    return found
+
+
+def _prepare_output_dir(out: Path, settings: dict, overwrite: bool) -> Optional[dict]:
+    """Check ``out`` against ``settings``; returns the manifest of a finished identical run, if any."""
+    manifest = load_manifest_file(out)
+    existing = _our_files(out)
+    if manifest is not None and manifest.get("settings") != settings and not overwrite:
+        old = manifest.get("settings") or {}
+        differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise UserError(f"{out} holds a dataset made with other settings (differing: {', '.join(differ)}); "
+                        f"use another --output_dir, or --overwrite to replace it")
+    if manifest is None and existing and not overwrite:
+        raise UserError(f"{out} already holds shard files without a manifest.json; use an empty --output_dir "
+                        f"or --overwrite to delete them")
+    if overwrite:
+        for path in existing:
+            path.unlink()
+        shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+        return None
+    for stale in out.glob(".*.tmp"):  # half-written files of a killed run
+        stale.unlink()
+    if manifest is not None and manifest.get("status") == "complete":
+        names = [f["name"] for f in manifest.get("files", [])]
+        if all((out / name).is_file() for name in names):
+            return manifest
+    return None
+
+
+# --- stage 1: read, assign, tokenize ----------------------------------------------
+
+def _assign(start: int, count: int, args: PrepareArguments, phase: float, seen: dict) -> np.ndarray:
+    """Destination keys of documents ``start .. start + count`` (corpus order)."""
+    index = np.arange(start, start + count, dtype=np.float64)
+    test = np.floor((index + 1) * args.frac_test + phase) > np.floor(index * args.frac_test + phase)
+    keys = np.empty(count, dtype=np.int64)
+    for split, selected, shards in (("test", test, args.num_test_shards), ("train", ~test, args.num_train_shards)):
+        rank = seen[split] + np.cumsum(selected) - 1
+        keys[selected] = make_key(split, rank[selected] % max(shards, 1))
+        seen[split] += int(selected.sum())
+    return keys
+
+
+def docs_per_chunk(max_documents: Optional[int]) -> int:
+    """Documents per tokenizing task: 1000, fewer for small runs so several workers get work.
+
+    Depends on the settings only (a resumed run must cut the same chunks); the
+    output does not depend on it at all.
+    """
+    if max_documents is None:
+        return MAX_DOCS_PER_CHUNK
+    return min(MAX_DOCS_PER_CHUNK, max(32, -(-max_documents // 8)))
+
+
+def _chunks(documents: Iterator, args: PrepareArguments, store: ChunkStore, tokenizer: TokenizerInfo,
+            counts: dict) -> Iterator[tuple]:
+    """Tokenize tasks for the chunks not already in ``store``."""
+    phase = float(np.random.default_rng(args.seed).random())
+    seen = {"train": 0, "test": 0}
+    documents = (d for d in documents if d[0] and not d[0].isspace())
+    if args.max_documents is not None:
+        documents = itertools.islice(documents, args.max_documents)
+    per_chunk = docs_per_chunk(args.max_documents)
+    for chunk in itertools.count():
+        batch = list(itertools.islice(documents, per_chunk))
+        if not batch:
+            return
+        keys = _assign(chunk * per_chunk, len(batch), args, phase, seen)
+        counts["chunks"] = chunk + 1
+        counts["documents"] = dict(seen)
+        if not store.is_complete(chunk):
+            yield str(store.folder), store.dtype.name, tokenizer.json, chunk, batch, keys
+
+
+def _tokenize_corpus(args: PrepareArguments, files: list[Path], tokenizer: TokenizerInfo, store: ChunkStore,
+                     workers: Workers) -> dict:
+    marker = store.folder / TOKENIZED_MARKER
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    documents = corpus.iter_documents(args.dataset or "wikipedia-offline", [str(f) for f in files],
+                                      args.dataset_config, args.cache_dir)
+    counts: dict = {"chunks": 0, "documents": {"train": 0, "test": 0}}
+    tasks = _chunks(documents, args, store, tokenizer, counts)
+    with _progress(None, desc="tokenize", unit="doc") as progress:
+        for _, n_docs, _ in workers.run(tokenize_chunk, tasks):
+            progress.update(n_docs)
+    if counts["chunks"] == 0:
+        source = ", ".join(map(str, files)) if files else args.dataset or "wikipedia-offline"
+        raise UserError(f"no documents found in {source}; check the input is not empty")
+    write_json_atomic(marker, counts)
+    return counts
+
+
+def _shard_statistics(store: ChunkStore, num_chunks: int, args: PrepareArguments) -> dict:
+    totals: dict[int, list[int]] = {}
+    for chunk in range(num_chunks):
+        for key, (docs, tokens) in store.summary(chunk).items():
+            entry = totals.setdefault(key, [0, 0])
+            entry[0] += docs
+            entry[1] += tokens
+    stats = {}
+    for split, shards in (("train", args.num_train_shards), ("test", args.num_test_shards)):
+        per_shard = [totals.get(int(make_key(split, s)), [0, 0]) for s in range(shards)]
+        empty = [s for s, (_, tokens) in enumerate(per_shard) if tokens == 0]
+        if empty:
+            raise UserError(
+                f"{len(empty)} of {shards} {split} shards would be empty: the corpus has too few documents "
+                f"({sum(d for d, _ in per_shard)} {split} documents); lower --num_{split}_shards"
+                + (" or raise --frac_test" if split == "test" else "") + " or use more documents"
+            )
+        stats[split] = {"documents": sum(d for d, _ in per_shard), "tokens": sum(t for _, t in per_shard)}
+    return stats
+
+
+# --- stage 2: build shards ----------------------------------------------------------
+
+def _shard_tasks(args: PrepareArguments, out: Path, store: ChunkStore, num_chunks: int) -> list[ShardTask]:
+    tasks = []
+    for split, shards, dups in (("train", args.num_train_shards, args.dup_factor), ("test", args.num_test_shards, 1)):
+        for shard in range(shards):
+            files = tuple((dup, str(out / shard_name(split, dup * shards + shard))) for dup in range(dups))
+            tasks.append(ShardTask(str(store.folder), store.dtype.name, num_chunks, split, shard, files))
+    return tasks
+
+
+def _sample_settings(args: PrepareArguments, tokenizer: TokenizerInfo) -> SampleSettings:
+    return SampleSettings(
+        seed=args.seed, max_seq_length=args.max_seq_length, short_seq_prob=args.short_seq_prob, nsp=args.nsp,
+        static_masking=args.masking == "static", masked_lm_prob=args.masked_lm_prob,
+        max_predictions_per_seq=args.max_predictions_per_seq, vocab_size=tokenizer.vocab_size,
+        cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+        mask_token_id=tokenizer.mask_token_id, special_token_ids=tokenizer.special_token_ids,
+    )
+
+
+def _manifest(args: PrepareArguments, settings: dict, tokenizer: TokenizerInfo, status: str) -> dict:
+    return {
+        "format": "budget-bert-hdf5-shards",
+        "version": 1,
+        "status": status,
+        "settings": settings,
+        "args": asdict(args),
+        "tokenizer": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
+        "do_lower_case": tokenizer.do_lower_case,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "mask_token_id": tokenizer.mask_token_id,
+        "special_token_ids": list(tokenizer.special_token_ids),
+        "max_seq_length": args.max_seq_length,
+        "max_predictions_per_seq": args.max_predictions_per_seq,
+        "masked_lm_prob": args.masked_lm_prob,
+        "masking": args.masking,
+        "nsp": args.nsp,
+        "seed": args.seed,
+        "dup_factor": args.dup_factor,
+    }
+
+
+def _build_shards(args: PrepareArguments, out: Path, tokenizer: TokenizerInfo, store: ChunkStore,
+                  num_chunks: int, workers: Workers) -> list[dict]:
+    tasks = _shard_tasks(args, out, store, num_chunks)
+    sample_settings = _sample_settings(args, tokenizer)
+    records = []
+    with _progress(None, desc="shards", unit="file", total=sum(len(t.files) for t in tasks)) as progress:
+        for result in workers.run(build_shard, ((task, sample_settings) for task in tasks)):
+            records.extend(result)
+            progress.update(len(result))
+    return sorted(records, key=lambda r: (SPLIT_CODES[r["split"]], r["name"]))
+
+
+def prepare(args: PrepareArguments) -> PrepareResult:
+    """Run the whole pipeline (resuming a killed run into the same folder)."""
+    check = ArgumentChecker()
+    args.validate(check)
+    check.raise_if_any()
+    started = time.perf_counter()
+    files = corpus.expand_input_files(args.input_files) if args.input_files else []
+    with Workers(args.workers, preload=WORKER_MODULES) as workers:  # they start while the tokenizer loads
+        tokenizer = load_tokenizer(args.tokenizer_name, args.do_lower_case, args.cache_dir)
+        out = Path(args.output_dir).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        settings = _settings(args, tokenizer, files)
+        finished = _prepare_output_dir(out, settings, args.overwrite)
+        if finished is not None:
+            _log(f"{out} already holds this dataset (manifest.json complete); nothing to do")
+            return PrepareResult(finished, {"total": time.perf_counter() - started})
+        manifest = _manifest(args, settings, tokenizer, "in_progress")
+        write_json_atomic(out / MANIFEST, manifest)
+
+        store = ChunkStore(out / WORK_DIR, tokenizer.token_dtype)
+        for stale in store.folder.glob(".*.tmp*"):
+            stale.unlink()
+        t0 = time.perf_counter()
+        counts = _tokenize_corpus(args, files, tokenizer, store, workers)
+        t1 = time.perf_counter()
+        stats = _shard_statistics(store, counts["chunks"], args)
+        records = _build_shards(args, out, tokenizer, store, counts["chunks"], workers)
+        t2 = time.perf_counter()
+
+    for split in SPLITS:
+        stats.setdefault(split, {"documents": 0, "tokens": 0})
+        stats[split]["samples"] = sum(r["samples"] for r in records if r["split"] == split)
+    manifest.update(
+        status="complete",
+        files=records,
+        sha256={r["name"]: r["sha256"] for r in records},
+        counts=stats,
+        train_files=[r["name"] for r in records if r["split"] == "train"],
+        test_files=[r["name"] for r in records if r["split"] == "test"],
+    )
+    write_json_atomic(out / MANIFEST, manifest)
+    shutil.rmtree(store.folder, ignore_errors=True)
+    total_tokens = stats["train"]["tokens"] + stats["test"]["tokens"]
+    _log(f"wrote {len(records)} shards ({stats['train']['samples']} train / {stats['test']['samples']} test samples, "
+         f"{total_tokens} tokens) to {out} in {t2 - started:.1f}s")
+    return PrepareResult(manifest, {"tokenize": t1 - t0, "build": t2 - t1, "total": t2 - started,
+                                    "tokens": total_tokens})

@@ -1,0 +1,183 @@
+"""HDF5 shards (academic-budget-bert's / NVIDIA's schema) and the dataset manifest.
+
+| key | dtype | shape |
+|---|---|---|
+| input_ids | int32 | [N, max_seq_length], 0-padded |
+| input_mask | int8 | [N, max_seq_length] |
+| segment_ids | int8 | [N, max_seq_length] |
+| masked_lm_positions | int32 | [N, max_predictions_per_seq], sorted, 0 = unused |
+| masked_lm_ids | int32 | [N, max_predictions_per_seq] |
+| next_sentence_labels | int8 | [N] (only when NSP samples were made) |
+
+The masked-LM keys are absent in dynamically masked shards. Files are written under
+a hidden temporary name and renamed when complete, so a name matching
+``*_shard_*.hdf5`` is always a whole shard; bytes are reproducible (no timestamps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pretraining.errors import UserError
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "test")
+SCHEMA = {  # key -> (dtype, rank, second dimension: "seq" | "pred" | None)
+    "input_ids": (np.int32, 2, "seq"),
+    "input_mask": (np.int8, 2, "seq"),
+    "segment_ids": (np.int8, 2, "seq"),
+    "masked_lm_positions": (np.int32, 2, "pred"),
+    "masked_lm_ids": (np.int32, 2, "pred"),
+    "next_sentence_labels": (np.int8, 1, None),
+}
+REQUIRED = ("input_ids", "input_mask", "segment_ids")
+MASKED_LM = ("masked_lm_positions", "masked_lm_ids")
+_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+
+
+def shard_name(split: str, index: int) -> str:
+    """``train_shard_00003.hdf5`` style file name."""
+    return f"{split}_shard_{index:05d}.hdf5"
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def list_shards(dataset_path, split: str = "train") -> list[Path]:
+    """The shard files of ``split`` in ``dataset_path``, sorted (numbers in natural order).
+
+    Accepts this tool's ``train_shard_00000.hdf5`` names and academic-budget-bert's
+    (any ``*.hdf5`` whose name contains the split name). Hidden files (temporary
+    partial shards) are ignored.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    folder = Path(dataset_path).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"dataset folder {folder} does not exist; create it with prepare_dataset.py or fix --dataset_path")
+    shards = [p for p in folder.iterdir()
+              if p.suffix == ".hdf5" and split in p.name and not p.name.startswith(".") and p.is_file()]
+    if not shards:
+        raise UserError(f"no {split} shards (*{split}*.hdf5) in {folder}; prepare them with prepare_dataset.py")
+    return sorted(shards, key=_natural_key)
+
+
+def _check_shapes(path: Path, arrays: dict) -> None:
+    problems = [f"missing key {k!r}" for k in REQUIRED if k not in arrays]
+    if sum(k in arrays for k in MASKED_LM) == 1:
+        problems.append("masked_lm_positions and masked_lm_ids must both be present or both absent")
+    if problems:
+        raise UserError(f"{path} is not a pretraining shard: {'; '.join(problems)}")
+    n, seq = arrays["input_ids"].shape if arrays["input_ids"].ndim == 2 else (None, None)
+    pred = arrays["masked_lm_positions"].shape[-1] if "masked_lm_positions" in arrays else None
+    width = {"seq": seq, "pred": pred}
+    for key, array in arrays.items():
+        dtype, rank, second = SCHEMA[key]
+        expected = (n,) if rank == 1 else (n, width[second])
+        if array.ndim != rank or array.shape[0] != n or (rank == 2 and array.shape[1] != expected[1]):
+            problems.append(f"{key} has shape {array.shape}, expected {tuple('N' if d is None else d for d in expected)}")
+        if not np.issubdtype(array.dtype, np.integer):
+            problems.append(f"{key} has dtype {array.dtype}, expected {np.dtype(dtype).name}")
+    if problems:
+        raise UserError(f"{path} has a wrong schema: {'; '.join(problems)}")
+
+
+def read_shard(path) -> dict[str, np.ndarray]:
+    """Load a whole shard into memory, validated, with the DESIGN.md dtypes.
+
+    Integer arrays of another width (some older shards) are converted. A missing,
+    truncated, corrupt or wrong-schema file raises a UserError naming the file.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            unknown = sorted(set(f.keys()) - set(SCHEMA))
+            if unknown:
+                raise UserError(f"{path} has unexpected keys {unknown}; expected a subset of {list(SCHEMA)}")
+            arrays = {key: f[key][()] for key in SCHEMA if key in f}
+    except UserError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot read shard {path}: {exc} (truncated or corrupt file? rerun prepare_dataset.py)") from None
+    _check_shapes(path, arrays)
+    return {key: array.astype(SCHEMA[key][0], copy=False) for key, array in arrays.items()}
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def temporary_path(path: Path) -> Path:
+    """Hidden name a file is written under before the atomic rename."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_shard(path, arrays: dict[str, np.ndarray]) -> str:
+    """Write ``arrays`` (schema keys) as an HDF5 shard, atomically; returns its sha256."""
+    import h5py
+
+    path = Path(path)
+    _check_shapes(path, arrays)
+    tmp = temporary_path(path)
+    with h5py.File(tmp, "w", libver="earliest", track_order=False) as f:
+        for key in SCHEMA:
+            if key in arrays:
+                data = np.ascontiguousarray(arrays[key], dtype=SCHEMA[key][0])
+                options = _COMPRESSION if data.size else {}
+                f.create_dataset(key, data=data, track_times=False, **options)
+    digest = sha256_file(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return digest
+
+
+def write_json_atomic(path, data: dict) -> None:
+    """Write JSON under a temporary name, then rename."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def load_manifest_file(dataset_path) -> Optional[dict]:
+    """``manifest.json`` of a folder as written (any status), or None when absent."""
+    path = Path(dataset_path).expanduser() / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); delete it or rerun prepare_dataset.py with --overwrite") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a manifest (expected a JSON object)")
+    return data
+
+
+def read_manifest(dataset_path) -> Optional[dict]:
+    """The manifest of a finished dataset, or None for shards without one (academic-budget-bert's).
+
+    Raises a UserError when the folder holds an interrupted preparation.
+    """
+    manifest = load_manifest_file(dataset_path)
+    if manifest is not None and manifest.get("status") != "complete":
+        raise UserError(
+            f"the dataset in {dataset_path} is incomplete (prepare_dataset.py was interrupted); "
+            f"rerun the same prepare_dataset.py command to finish it"
+        )
+    return manifest
