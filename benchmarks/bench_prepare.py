@@ -75,7 +75,9 @@ def main(argv=None) -> None:
         speeds[workers] = speed
         rows.append((f"prepare_dataset, {workers} worker(s)", workers, t["tokens"], speed, t["tokenize"], t["build"]))
 
-    print(f"cpu cores available: {len(os.sched_getaffinity(0))}; dup_factor {args.dup_factor}; max_seq_length 128")
+    print(f"cpu cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.1f} "
+          f"(other processes compete for the cores when it exceeds them); dup_factor {args.dup_factor}; "
+          f"max_seq_length 128; static masking")
     print(f"{'measurement':42s} {'cores':>5s} {'tokens':>9s} {'tokens/s':>10s} {'tok/s/core':>10s} "
           f"{'tokenize s':>10s} {'build s':>8s}")
     for name, cores, tokens, speed, t_tok, t_build in rows:

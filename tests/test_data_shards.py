@@ -99,10 +99,11 @@ def test_damaged_shards_raise_user_error_naming_the_file(tmp_path, damage, messa
 
 
 def test_manifest_of_an_interrupted_run_is_refused(tmp_path):
-    write_json_atomic(tmp_path / "manifest.json", {"status": "in_progress"})
+    (tmp_path / ".work").mkdir()  # what a killed prepare_dataset.py leaves
+    write_shard(tmp_path / "train_shard_00000.hdf5", _rows())
     with pytest.raises(UserError, match="incomplete.*rerun"):
         read_manifest(tmp_path)
-    write_json_atomic(tmp_path / "manifest.json", {"status": "complete", "seed": 1})
+    write_json_atomic(tmp_path / "manifest.json", {"seed": 1})
     assert read_manifest(tmp_path)["seed"] == 1
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):

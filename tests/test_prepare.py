@@ -61,7 +61,7 @@ class DocumentIndex:
 
 def test_schema_dtypes_and_manifest(tiny_shards):
     manifest = read_manifest(tiny_shards)
-    assert manifest["status"] == "complete" and manifest["max_seq_length"] == 64
+    assert manifest["max_seq_length"] == 64
     assert manifest["train_files"] == [f"train_shard_{i:05d}.hdf5" for i in range(4)]
     assert manifest["test_files"] == ["test_shard_00000.hdf5"]
     assert manifest["vocab_size"] == 30522 and manifest["do_lower_case"] is True and manifest["masking"] == "static"
@@ -159,6 +159,10 @@ def test_rerun_is_a_noop_and_other_settings_are_refused_unless_overwrite(tiny_sh
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     main(["--output_dir", str(folder), *TINY_SHARD_FLAGS])
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    (folder / "train_shard_00001.hdf5").unlink()  # a lost file is made again, identical
+    main(["--output_dir", str(folder), *TINY_SHARD_FLAGS])
+    assert _hashes(folder) == _hashes(tiny_shards)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     with pytest.raises(SystemExit) as info:
         main(["--output_dir", str(folder), *TINY_SHARD_FLAGS, "--max_seq_length", "32"])
     assert info.value.code == 2
@@ -197,7 +201,8 @@ def test_killed_runs_resume_to_identical_files(tmp_path):
     command = [sys.executable, str(ROOT / "prepare_dataset.py"), "--output_dir", str(out), *flags]
 
     def check_partial():
-        assert read_manifest_status(out) == "in_progress"
+        assert not (out / "manifest.json").exists()  # only a finished dataset has one
+        assert json.loads((out / ".work" / "manifest.json").read_text())["settings"]["seed"] == 3
         for path in out.glob("*.hdf5"):  # whatever carries a final name is whole and final
             assert sha256_file(path) == reference[path.name]
         with pytest.raises(UserError, match="incomplete"):
@@ -216,10 +221,6 @@ def test_killed_runs_resume_to_identical_files(tmp_path):
     assert main(command[2:])["sha256"] == reference
     assert _hashes(out) == reference == read_manifest(out)["sha256"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json"])
-
-
-def read_manifest_status(folder) -> str:
-    return json.loads((Path(folder) / "manifest.json").read_text())["status"]
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -252,3 +253,18 @@ def test_script_exit_code_and_message_in_a_real_process(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: input file {tmp_path / 'nothing.jsonl'} does not exist; "
                                                   f"check --input_files"]
+
+
+def test_flags_parse_with_academic_budget_bert_style_booleans(tmp_path):
+    from pretraining.cli import parse_args
+    from pretraining.data.prepare import PrepareArguments
+
+    (args,) = parse_args([PrepareArguments], ["--output_dir", "out", "--do_lower_case", "--nsp", "--input_files",
+                                              "a.txt", "b.jsonl", "--dup_factor", "3"])
+    assert args.do_lower_case is True and args.nsp is True and args.input_files == ["a.txt", "b.jsonl"]
+    (args,) = parse_args([PrepareArguments], ["--output_dir", "out", "--do_lower_case", "false"])
+    assert args.do_lower_case is False and args.dataset is None and args.num_train_shards == 256
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"output_dir": "out", "dataset": "wikipedia", "dataset_config": "20231101.simple"}))
+    (args,) = parse_args([PrepareArguments], [str(config)])
+    assert (args.dataset, args.dataset_config, args.dup_factor) == ("wikipedia", "20231101.simple", 10)

@@ -8,9 +8,9 @@ shard packs, shuffles and masks its documents and writes its file(s) atomically.
 
 Every random choice is seeded by ``--seed`` and the file it belongs to, so the
 output is byte-identical whatever ``--num_workers`` is, and a killed run resumes:
-complete chunks and shards are kept, the rest is redone. ``manifest.json`` is
-written first (status "in_progress", with the settings, so a rerun with other
-settings is refused) and completed at the end with every file's sha256.
+complete chunks and shards are kept, the rest is redone. The settings go first to
+``.work/manifest.json`` (so a rerun with other settings is refused); ``manifest.json``
+with every file's sha256 appears only when all shards are written.
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ from pretraining.data.build import SampleSettings, ShardTask, build_shard
 from pretraining.data.chunkstore import SPLIT_CODES, ChunkStore, make_key, tokenize_chunk
 from pretraining.data.parallel import Workers
 from pretraining.data.shards import (
-    MANIFEST, SPLITS, list_shards, load_manifest_file, shard_name, write_json_atomic,
+    MANIFEST, SPLITS, WORK_DIR, list_shards, load_manifest_file, shard_name, write_json_atomic,
 )
 from pretraining.data.tokenization import TokenizerInfo, load_tokenizer
 
-WORK_DIR = ".work"
 TOKENIZED_MARKER = "tokenized.json"
 MAX_DOCS_PER_CHUNK = 1000
 MASKING = ("static", "dynamic")
@@ -75,7 +74,8 @@ class PrepareArguments:
     )
     do_lower_case: Optional[bool] = field(
         default=None,
-        metadata={"help": "Lower-case the text (true/false); default: what the tokenizer itself does"},
+        metadata={"help": "Lower-case the text (--do_lower_case, or --do_lower_case false for a cased vocab); "
+                          "default: what the tokenizer itself does", "nargs": "?", "const": True},
     )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for Hub downloads"})
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per sample, [CLS] and [SEP] included"})
@@ -176,14 +176,15 @@ def _our_files(out: Path) -> list[Path]:
 
 def _prepare_output_dir(out: Path, settings: dict, overwrite: bool) -> Optional[dict]:
     """Check ``out`` against ``settings``; returns the manifest of a finished identical run, if any."""
-    manifest = load_manifest_file(out)
     existing = _our_files(out)
-    if manifest is not None and manifest.get("settings") != settings and not overwrite:
-        old = manifest.get("settings") or {}
-        differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        raise UserError(f"{out} holds a dataset made with other settings (differing: {', '.join(differ)}); "
-                        f"use another --output_dir, or --overwrite to replace it")
-    if manifest is None and existing and not overwrite:
+    for path in (out / MANIFEST, out / WORK_DIR / MANIFEST):
+        manifest = load_manifest_file(path)
+        if manifest is not None and manifest.get("settings") != settings and not overwrite:
+            old = manifest.get("settings") or {}
+            differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise UserError(f"{out} holds a dataset made with other settings (differing: {', '.join(differ)}); "
+                            f"use another --output_dir, or --overwrite to replace it")
+    if existing and not (out / MANIFEST).exists() and not (out / WORK_DIR).is_dir() and not overwrite:
         raise UserError(f"{out} already holds shard files without a manifest.json; use an empty --output_dir "
                         f"or --overwrite to delete them")
     if overwrite:
@@ -193,10 +194,11 @@ def _prepare_output_dir(out: Path, settings: dict, overwrite: bool) -> Optional[
         return None
     for stale in out.glob(".*.tmp"):  # half-written files of a killed run
         stale.unlink()
-    if manifest is not None and manifest.get("status") == "complete":
-        names = [f["name"] for f in manifest.get("files", [])]
-        if all((out / name).is_file() for name in names):
-            return manifest
+    finished = load_manifest_file(out / MANIFEST)
+    if finished is not None:
+        if all((out / record["name"]).is_file() for record in finished.get("files", [])):
+            return finished
+        (out / MANIFEST).unlink()  # files went missing: make them again
     return None
 
 
@@ -306,11 +308,10 @@ def _sample_settings(args: PrepareArguments, tokenizer: TokenizerInfo) -> Sample
     )
 
 
-def _manifest(args: PrepareArguments, settings: dict, tokenizer: TokenizerInfo, status: str) -> dict:
+def _manifest(args: PrepareArguments, settings: dict, tokenizer: TokenizerInfo) -> dict:
     return {
         "format": "budget-bert-hdf5-shards",
         "version": 1,
-        "status": status,
         "settings": settings,
         "args": asdict(args),
         "tokenizer": tokenizer.name,
@@ -359,10 +360,10 @@ def prepare(args: PrepareArguments) -> PrepareResult:
         if finished is not None:
             _log(f"{out} already holds this dataset (manifest.json complete); nothing to do")
             return PrepareResult(finished, {"total": time.perf_counter() - started})
-        manifest = _manifest(args, settings, tokenizer, "in_progress")
-        write_json_atomic(out / MANIFEST, manifest)
-
+        manifest = _manifest(args, settings, tokenizer)
         store = ChunkStore(out / WORK_DIR, tokenizer.token_dtype)
+        store.folder.mkdir(exist_ok=True)
+        write_json_atomic(store.folder / MANIFEST, manifest)
         for stale in store.folder.glob(".*.tmp*"):
             stale.unlink()
         t0 = time.perf_counter()
@@ -376,7 +377,6 @@ def prepare(args: PrepareArguments) -> PrepareResult:
         stats.setdefault(split, {"documents": 0, "tokens": 0})
         stats[split]["samples"] = sum(r["samples"] for r in records if r["split"] == split)
     manifest.update(
-        status="complete",
         files=records,
         sha256={r["name"]: r["sha256"] for r in records},
         counts=stats,

@@ -28,6 +28,7 @@ import numpy as np
 from pretraining.errors import UserError
 
 MANIFEST = "manifest.json"
+WORK_DIR = ".work"  # an unfinished preparation's scratch folder (holds its pending manifest)
 SPLITS = ("train", "test")
 SCHEMA = {  # key -> (dtype, rank, second dimension: "seq" | "pred" | None)
     "input_ids": (np.int32, 2, "seq"),
@@ -155,9 +156,9 @@ def write_json_atomic(path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_manifest_file(dataset_path) -> Optional[dict]:
-    """``manifest.json`` of a folder as written (any status), or None when absent."""
-    path = Path(dataset_path).expanduser() / MANIFEST
+def load_manifest_file(path) -> Optional[dict]:
+    """A manifest JSON file as written, or None when absent."""
+    path = Path(path).expanduser()
     if not path.is_file():
         return None
     try:
@@ -172,12 +173,14 @@ def load_manifest_file(dataset_path) -> Optional[dict]:
 def read_manifest(dataset_path) -> Optional[dict]:
     """The manifest of a finished dataset, or None for shards without one (academic-budget-bert's).
 
-    Raises a UserError when the folder holds an interrupted preparation.
+    prepare_dataset.py writes ``manifest.json`` only once every shard is complete;
+    a folder whose preparation was interrupted raises a UserError.
     """
-    manifest = load_manifest_file(dataset_path)
-    if manifest is not None and manifest.get("status") != "complete":
+    folder = Path(dataset_path).expanduser()
+    manifest = load_manifest_file(folder / MANIFEST)
+    if manifest is None and (folder / WORK_DIR).is_dir():
         raise UserError(
-            f"the dataset in {dataset_path} is incomplete (prepare_dataset.py was interrupted); "
+            f"the dataset in {folder} is incomplete (prepare_dataset.py was interrupted); "
             f"rerun the same prepare_dataset.py command to finish it"
         )
     return manifest
