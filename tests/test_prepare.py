@@ -243,6 +243,7 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys, flags, message):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("error: ") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out" / ".work").exists()  # nothing left that would block the corrected command
     assert re.search(message, err[err.index("error: "):], re.S), err  # (progress bars may come first)
 
 

@@ -367,9 +367,13 @@ def prepare(args: PrepareArguments) -> PrepareResult:
         for stale in store.folder.glob(".*.tmp*"):
             stale.unlink()
         t0 = time.perf_counter()
-        counts = _tokenize_corpus(args, files, tokenizer, store, workers)
+        try:
+            counts = _tokenize_corpus(args, files, tokenizer, store, workers)
+            stats = _shard_statistics(store, counts["chunks"], args)
+        except UserError:  # bad input or flags: the fix changes the settings, so nothing here can be resumed
+            shutil.rmtree(store.folder, ignore_errors=True)
+            raise
         t1 = time.perf_counter()
-        stats = _shard_statistics(store, counts["chunks"], args)
         records = _build_shards(args, out, tokenizer, store, counts["chunks"], workers)
         t2 = time.perf_counter()
 
