@@ -228,9 +228,9 @@ def _status(record: RunRecord, has_finetune: bool) -> str:
     elif record.end is not None:
         reason = record.end.get("reason")
         parts.append(f"complete ({reason})" if reason else "complete")
-    else:
+    elif has_finetune:
         parts.append("fine-tune only")
-    if not has_finetune and record.has_pretraining:
+    if not has_finetune:
         parts.append("missing fine-tune")
     parts.extend(p for p in record.problems if p != "no such folder")
     return "; ".join(parts)

@@ -136,13 +136,18 @@ def test_missing_and_empty_runs_are_rows_not_crashes(runs, tmp_path, capsys):
     empty.mkdir()
     bad_args = _write_run(tmp_path / "other", "bad_args", "adamw", "fp32", [9.0], end=True)
     (bad_args / "args.json").write_text("{not json")
+    unfinished_reference = tmp_path / "reference"  # a fine-tune that never wrote its results
+    (unfinished_reference / "finetune" / "rotten_tomatoes").mkdir(parents=True)
+    (unfinished_reference / "args.json").write_text(json.dumps({"job_name": "ref", "precision": "fp32"}))
     rows = report.main.__wrapped__([str(root / "adamw_run"), str(tmp_path / "does_not_exist"), str(empty),
-                                    str(bad_args), "--out", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")])
+                                    str(bad_args), str(unfinished_reference),
+                                    "--out", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")])
     statuses = {r["run"]: r["status"] for r in rows}
     assert statuses["does_not_exist"] == "missing: no such folder"
     assert statuses["empty_run"] == "missing: empty run folder"
     assert "unreadable args.json" in statuses["bad_args"]
     assert statuses["adamw_run"] == "complete (time_budget)"
+    assert statuses["ref"] == "missing fine-tune"
     printed = capsys.readouterr().out
     assert "does_not_exist" in printed and "missing: no such folder" in printed
     assert (tmp_path / "p.png").stat().st_size > 0
