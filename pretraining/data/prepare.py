@@ -137,7 +137,12 @@ class PrepareArguments:
 
 @dataclass
 class PrepareResult:
-    """What a run produced: the manifest, and wall-clock seconds per stage."""
+    """What a run produced: the manifest, and seconds per stage.
+
+    ``timings``: wall-clock ``tokenize`` and ``build`` stages and ``total`` (tokenizer
+    loading included), ``main_cpu`` (CPU seconds of this process during the two
+    stages), ``tokens``.
+    """
 
     manifest: dict
     timings: dict
@@ -366,7 +371,7 @@ def prepare(args: PrepareArguments) -> PrepareResult:
         write_json_atomic(store.folder / MANIFEST, manifest)
         for stale in store.folder.glob(".*.tmp*"):
             stale.unlink()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
             counts = _tokenize_corpus(args, files, tokenizer, store, workers)
             stats = _shard_statistics(store, counts["chunks"], args)
@@ -375,7 +380,7 @@ def prepare(args: PrepareArguments) -> PrepareResult:
             raise
         t1 = time.perf_counter()
         records = _build_shards(args, out, tokenizer, store, counts["chunks"], workers)
-        t2 = time.perf_counter()
+        t2, cpu2 = time.perf_counter(), time.process_time()
 
     for split in SPLITS:
         stats.setdefault(split, {"documents": 0, "tokens": 0})
@@ -393,4 +398,4 @@ def prepare(args: PrepareArguments) -> PrepareResult:
     _log(f"wrote {len(records)} shards ({stats['train']['samples']} train / {stats['test']['samples']} test samples, "
          f"{total_tokens} tokens) to {out} in {t2 - started:.1f}s")
     return PrepareResult(manifest, {"tokenize": t1 - t0, "build": t2 - t1, "total": t2 - started,
-                                    "tokens": total_tokens})
+                                    "main_cpu": cpu2 - cpu0, "tokens": total_tokens})
