@@ -1,0 +1,398 @@
+"""The seed's experiment in one command, offline: ``python -m pretraining.demo --output_dir demo_output``.
+
+Stages, each a real run of the project's scripts in a subprocess (the venv's python),
+with its output streamed to the console and to ``OUTPUT_DIR/logs/<stage>.log``:
+
+1. ``prepare_dataset.py``: the packaged Wikipedia lead sections -> dynamic-masking shards;
+2. ``run_pretraining.py`` once per optimizer (adamw, adam, lamb, adafactor), a small BERT,
+   the same wall-clock budget each (``--budget_minutes`` or ``DEMO_BUDGET_MINUTES``);
+3. ``run_glue.py`` on the offline ``rotten_tomatoes`` task for each pretrained model, and
+   for the packaged pretrained MiniLM as a reference row;
+4. :mod:`pretraining.report`: ``results.md``, ``results.csv`` and ``results.png``, and the
+   table printed.
+
+Everything is written under ``--output_dir``. Rerunning reuses finished stages (their
+settings are recorded in ``OUTPUT_DIR/stages/``), resumes a pretraining run that was
+interrupted after a checkpoint, and redoes a stage (and the stages built on it) whose
+settings changed. A failed stage does not stop the others; the report shows what is
+missing and the demo exits non-zero naming the failed stages and their logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from pretraining import report
+from pretraining.cli import ArgumentChecker, parse_args
+from pretraining.errors import UserError, run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIMIZERS = ("adamw", "adam", "lamb", "adafactor")
+BUDGET_ENV = "DEMO_BUDGET_MINUTES"
+DEFAULT_BUDGET_MINUTES = 1.5
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: peak pretraining learning rate per optimizer for the demo's small model (everything else is equal)
+OPTIMIZER_LR = {"adamw": 1e-3, "adam": 1e-3, "lamb": 2e-3, "adafactor": 1e-3}
+#: extra flags per precision, the same for run_pretraining.py and run_glue.py
+PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
+#: defaults of every stage's environment: offline, unbuffered output, no sub-second progress bars
+STAGE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+@dataclass
+class DemoArguments:
+    """Flags of the demo (``python -m pretraining.demo --help``)."""
+
+    output_dir: str = field(default="demo_output", metadata={"help": "Everything the demo writes goes here"})
+    budget_minutes: Optional[float] = field(
+        default=None,
+        metadata={"help": f"Pretraining time budget per optimizer, in minutes of training time (default: "
+                          f"${BUDGET_ENV}, else {DEFAULT_BUDGET_MINUTES})"})
+    optimizers: list[str] = field(
+        default_factory=lambda: list(OPTIMIZERS),
+        metadata={"help": f"Optimizers to pretrain with, each for the same budget (of: {', '.join(OPTIMIZERS)})",
+                  "nargs": "+"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "fp32, fp16 or bf16; auto: $PRECISION if set (as the shell wrappers), else fp16 on a "
+                          "CUDA GPU and fp32 on the CPU", "choices": list(PRECISIONS)})
+    max_documents: Optional[int] = field(
+        default=None, metadata={"help": "Use only the first N Wikipedia documents (default: all 10,033)"})
+    max_seq_length: int = field(default=128, metadata={"help": "Pretraining sequence length"})
+    num_train_shards: int = field(
+        default=8, metadata={"help": "Train shards (an epoch is one shard, so this sets the epoch length)"})
+    hidden_size: int = field(default=128, metadata={"help": "Hidden size of the small BERT"})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Layers of the small BERT"})
+    num_attention_heads: int = field(default=2, metadata={"help": "Attention heads of the small BERT"})
+    intermediate_size: int = field(default=512, metadata={"help": "Feed-forward size of the small BERT"})
+    train_batch_size: int = field(default=64, metadata={"help": "Pretraining batch size (sequences per step)"})
+    print_steps: int = field(default=10, metadata={"help": "Pretraining progress line every this many steps"})
+    task_name: str = field(default="rotten_tomatoes", metadata={"help": "Fine-tuning task of run_glue.py"})
+    max_train_samples: Optional[int] = field(
+        default=2000, metadata={"help": "Fine-tune on this many training examples (a fixed-seed subset)"})
+    max_eval_samples: Optional[int] = field(
+        default=1000, metadata={"help": "Evaluate on this many validation examples (a fixed-seed subset)"})
+    finetune_max_seq_length: int = field(default=64, metadata={"help": "Fine-tuning sequence length"})
+    finetune_epochs: float = field(default=1.0, metadata={"help": "Fine-tuning epochs"})
+    finetune_lr: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate (every model)"})
+    finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size"})
+    reference: bool = field(
+        default=True, metadata={"help": "Also fine-tune the packaged pretrained MiniLM-L6-H384 as a reference row "
+                                        "(--reference false to skip)"})
+    no_wandb: bool = field(
+        default=False, metadata={"help": "Do not log pretraining to W&B (default: offline runs in each run folder "
+                                         "when no API key is set)"})
+
+    def budget(self) -> float:
+        """Minutes per optimizer: the flag, else $DEMO_BUDGET_MINUTES, else the default."""
+        if self.budget_minutes is not None:
+            return self.budget_minutes
+        raw = os.environ.get(BUDGET_ENV, "").strip()
+        if not raw:
+            return DEFAULT_BUDGET_MINUTES
+        try:
+            return float(raw)
+        except ValueError:
+            raise UserError(f"${BUDGET_ENV}={raw!r} is not a number of minutes: set e.g. {BUDGET_ENV}=1.5") from None
+
+    def validate(self, check: ArgumentChecker) -> None:
+        """Gather every argument error into ``check``."""
+        for name in self.optimizers:
+            check.choice("--optimizers", name, OPTIMIZERS)
+        check.require(len(set(self.optimizers)) == len(self.optimizers), "--optimizers lists a name twice")
+        check.choice("--precision", self.precision, PRECISIONS)
+        budget = self.budget()
+        check.require(budget > 0, f"the pretraining budget must be > 0 minutes (got {budget})")
+        for flag in ("max_documents", "max_train_samples", "max_eval_samples"):
+            value = getattr(self, flag)
+            check.require(value is None or value > 0, f"--{flag} must be > 0 (got {value})")
+        for flag in ("max_seq_length", "num_train_shards", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "train_batch_size", "print_steps", "finetune_max_seq_length",
+                     "finetune_batch_size"):
+            check.require(getattr(self, flag) > 0, f"--{flag} must be > 0 (got {getattr(self, flag)})")
+        check.require(self.finetune_epochs > 0 and self.finetune_lr > 0, "--finetune_epochs and --finetune_lr must be > 0")
+
+
+@dataclass
+class Stage:
+    """One step of the demo: a script run, how to tell it finished, and what it depends on."""
+
+    name: str
+    script: str
+    argv: list[str]
+    output: Path
+    is_complete: Callable[[], bool]
+    depends: list["Stage"] = field(default_factory=list)
+    resume_argv: Callable[[], list[str]] = lambda: []
+    before: Callable[[], None] = lambda: None
+
+    def fingerprint(self) -> dict:
+        """The settings that define this stage's output, its dependencies' included."""
+        return {"script": self.script, "argv": self.argv, "depends": [d.fingerprint() for d in self.depends]}
+
+
+def resolve_precision(requested: str) -> tuple[str, str]:
+    """(precision, device description) for ``--precision`` (``auto``: $PRECISION, else by device)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = f"GPU: {torch.cuda.get_device_name(0)}" if cuda else f"CPU: {cpu_name()}, {os.cpu_count()} cores"
+    precision = requested
+    if requested == "auto":
+        precision = os.environ.get("PRECISION", "").strip().lower() or ("fp16" if cuda else "fp32")
+    if precision not in PRECISION_FLAGS:
+        raise UserError(f"precision {precision!r} (from $PRECISION) is not one of: {', '.join(PRECISION_FLAGS)}")
+    if precision == "fp16" and not cuda:
+        raise UserError("fp16 needs a CUDA GPU and none is visible: use --precision fp32 (or bf16), or unset PRECISION")
+    return precision, device
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _has_end_line(run_dir: Path) -> bool:
+    return report.load_run(run_dir).end is not None
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    root = run_dir / "checkpoints"
+    return root.is_dir() and any((p / "state.json").is_file() for p in root.iterdir() if p.is_dir())
+
+
+def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list[Path]]:
+    """The demo's stages in order, and the run folders the report reads."""
+    out = Path(args.output_dir).resolve()
+    data = out / "data"
+    prepare_argv = ["--output_dir", str(data), "--dataset", "wikipedia-offline", "--masking", "dynamic",
+                    "--max_seq_length", str(args.max_seq_length), "--num_train_shards", str(args.num_train_shards),
+                    "--dup_factor", "1", "--num_test_shards", "1", "--frac_test", "0.02", "--seed", "42"]
+    if args.max_documents:
+        prepare_argv += ["--max_documents", str(args.max_documents)]
+    prepare = Stage("prepare", "prepare_dataset.py", prepare_argv, data,
+                    is_complete=lambda: (data / "manifest.json").is_file())
+    stages, runs = [prepare], []
+    hours = f"{args.budget() / 60:.6g}"
+    for name in args.optimizers:
+        run_dir = out / "pretrain" / name
+        argv = ["--dataset_path", str(data), "--output_dir", str(out / "pretrain"), "--job_name", name,
+                "--model_type", "bert-mlm", "--hidden_size", str(args.hidden_size),
+                "--num_hidden_layers", str(args.num_hidden_layers),
+                "--num_attention_heads", str(args.num_attention_heads),
+                "--intermediate_size", str(args.intermediate_size),
+                "--max_position_embeddings", str(max(args.max_seq_length, args.finetune_max_seq_length)),
+                "--encoder_ln_mode", "pre-ln", "--optimizer_type", name, "--lr", str(OPTIMIZER_LR[name]),
+                "--weight_decay", "0.01", "--adam_beta2", "0.98", "--lr_schedule", "time", "--curve", "linear",
+                "--warmup_proportion", "0.06", "--total_training_time", hours, "--early_exit_time_marker", hours,
+                "--train_batch_size", str(args.train_batch_size),
+                "--train_micro_batch_size_per_gpu", str(args.train_batch_size),
+                "--print_steps", str(args.print_steps), "--do_validation", "--validation_epochs", "2",
+                "--validation_micro_batch", "64", "--num_epochs_between_checkpoints", "4", "--keep_checkpoints", "1",
+                "--project_name", "budget-bert-demo", "--seed", "42", *PRECISION_FLAGS[precision]]
+        if args.no_wandb:
+            argv.append("--no_wandb")
+        pretrain = Stage(
+            f"pretrain-{name}", "run_pretraining.py", argv, run_dir, depends=[prepare],
+            is_complete=lambda d=run_dir: _has_end_line(d) and (d / "pretrained" / "config.json").is_file(),
+            resume_argv=lambda d=run_dir: ["--load_training_checkpoint", str(d), "--load_checkpoint_id", "latest"]
+            if _has_checkpoint(d) else [])
+        stages.append(pretrain)
+        stages.append(_finetune_stage(args, precision, f"finetune-{name}", run_dir / "pretrained", run_dir, [pretrain]))
+        runs.append(run_dir)
+    if args.reference:
+        from pretraining.resources import minilm_dir
+
+        model = minilm_dir()
+        run_dir = out / "reference" / "minilm"
+        stage = _finetune_stage(args, precision, "finetune-minilm-reference", model, run_dir, [])
+        stage.before = lambda: _write_reference_args(run_dir, model, precision)
+        stages.append(stage)
+        runs.append(run_dir)
+    return stages, runs
+
+
+def _finetune_stage(args: DemoArguments, precision: str, name: str, model: Path, run_dir: Path,
+                    depends: list[Stage]) -> Stage:
+    output = run_dir / report.FINETUNE_DIR / args.task_name
+    argv = ["--model_name_or_path", str(model), "--task_name", args.task_name, "--output_dir", str(output),
+            "--do_train", "--do_eval", "--max_seq_length", str(args.finetune_max_seq_length),
+            "--per_device_train_batch_size", str(args.finetune_batch_size), "--per_device_eval_batch_size", "128",
+            "--learning_rate", str(args.finetune_lr), "--num_train_epochs", str(args.finetune_epochs),
+            "--weight_decay", "0.01", "--warmup_ratio", "0.1", "--seed", "42", "--save_strategy", "no",
+            "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "20", "--overwrite_output_dir",
+            *PRECISION_FLAGS[precision]]
+    for flag in ("max_train_samples", "max_eval_samples"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    return Stage(name, "run_glue.py", argv, output, depends=depends,
+                 is_complete=lambda: (output / report.RESULTS_FILE).is_file())
+
+
+def _write_reference_args(run_dir: Path, model: Path, precision: str) -> None:
+    """args.json of the reference row, so the report names it and shows its size."""
+    config = json.loads((model / "config.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / report.ARGS_FILE).write_text(json.dumps({
+        "job_name": "minilm-reference", "model_name_or_path": str(model), "precision": precision,
+        "hidden_size": config.get("hidden_size"), "num_hidden_layers": config.get("num_hidden_layers"),
+    }, indent=1))
+
+
+class StageRunner:
+    """Runs stages in order: reuse the finished, redo the changed, stream output, time everything."""
+
+    def __init__(self, out: Path, total: int, stream=None, env: Optional[dict] = None):
+        self.out = out
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.env = env or {}
+        self.started = time.monotonic()
+        self.index = 0
+        self.timings: list[tuple[str, str, float]] = []
+        self.failed: dict[str, Path] = {}
+
+    def say(self, message: str) -> None:
+        """A demo line with the elapsed time."""
+        elapsed = int(time.monotonic() - self.started)
+        print(f"[demo {elapsed // 60:d}:{elapsed % 60:02d}] {message}", file=self.stream, flush=True)
+
+    def _record_path(self, stage: Stage) -> Path:
+        return self.out / "stages" / f"{stage.name}.json"
+
+    def run(self, stage: Stage) -> bool:
+        """Run (or reuse) ``stage``; True when its output is complete."""
+        self.index += 1
+        head = f"stage {self.index}/{self.total} {stage.name}"
+        blocked = [d.name for d in stage.depends if d.name in self.failed]
+        if blocked:
+            self.say(f"{head}: skipped, {', '.join(blocked)} failed")
+            self.failed[stage.name] = self.failed[blocked[0]]
+            self.timings.append((stage.name, "skipped", 0.0))
+            return False
+        record_path = self._record_path(stage)
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        same = record.get("fingerprint") == stage.fingerprint()
+        if same and stage.is_complete():
+            self.say(f"{head}: reused (finished earlier in {record.get('seconds', 0):.0f}s; output {stage.output})")
+            self.timings.append((stage.name, "reused", float(record.get("seconds", 0.0))))
+            return True
+        if not same and stage.output.exists():
+            self.say(f"{head}: settings changed since the last run; starting it afresh")
+            shutil.rmtree(stage.output)
+        stage.before()
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps({"fingerprint": stage.fingerprint(), "seconds": None}, indent=1))
+        argv = stage.argv + stage.resume_argv()
+        if len(argv) > len(stage.argv):
+            self.say(f"{head}: resuming from its last checkpoint")
+        self.say(f"{head}: running {stage.script} (log: {self._log_path(stage)})")
+        began = time.monotonic()
+        code = self._execute(stage, argv)
+        seconds = time.monotonic() - began
+        if code == 0 and stage.is_complete():
+            record_path.write_text(json.dumps({"fingerprint": stage.fingerprint(), "seconds": seconds}, indent=1))
+            self.say(f"{head}: done in {seconds:.0f}s")
+            self.timings.append((stage.name, "ran", seconds))
+            return True
+        why = f"exit code {code}" if code else "it finished without its output"
+        self.say(f"{head}: FAILED ({why}) after {seconds:.0f}s; see {self._log_path(stage)}")
+        self.failed[stage.name] = self._log_path(stage)
+        self.timings.append((stage.name, "failed", seconds))
+        return False
+
+    def _log_path(self, stage: Stage) -> Path:
+        return self.out / "logs" / f"{stage.name}.log"
+
+    def _execute(self, stage: Stage, argv: Sequence[str]) -> int:
+        """Run the script with the venv's python; its output goes to the console (indented) and the log."""
+        log = self._log_path(stage)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**self.env, **os.environ}  # the caller's environment wins over the demo's defaults
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        command = [sys.executable, str(ROOT / stage.script), *argv]
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"$ {' '.join(command)}\n")
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                  errors="replace", bufsize=1) as process:
+                for line in process.stdout:
+                    handle.write(line)
+                    self.stream.write(f"    {line}")
+                    self.stream.flush()
+            return process.returncode
+
+
+def _settings_section(args: DemoArguments, precision: str, device: str, manifest: dict,
+                      timings: Sequence[tuple[str, str, float]]) -> str:
+    counts = manifest.get("counts", {}).get("train", {})
+    lines = [
+        "## Demo settings", "",
+        f"- device: {device}; precision: {precision}",
+        f"- corpus: packaged Wikipedia lead sections ({counts.get('documents', '?')} train documents, "
+        f"{counts.get('samples', '?')} sequences of {args.max_seq_length} tokens, dynamic masking)",
+        f"- model: BERT L{args.num_hidden_layers}-H{args.hidden_size}, {args.num_attention_heads} heads, "
+        f"FFN {args.intermediate_size}, pre-LN; batch {args.train_batch_size}",
+        f"- pretraining: {args.budget():g} minutes of training time per optimizer, time-based linear LR schedule "
+        f"(peak LR: {', '.join(f'{o} {OPTIMIZER_LR[o]:g}' for o in args.optimizers)})",
+        f"- fine-tuning: {args.task_name}, {args.max_train_samples or 'all'} training examples, "
+        f"{args.max_eval_samples or 'all'} validation examples, {args.finetune_epochs:g} epoch(s), LR "
+        f"{args.finetune_lr:g}, sequence length {args.finetune_max_seq_length}",
+        "", "## Stage timings", "", "| stage | status | time |", "|---|---|---|",
+    ]
+    lines += [f"| {name} | {status} | {report.format_duration(seconds)} |" for name, status, seconds in timings]
+    return "\n".join(lines) + "\n"
+
+
+@run_main
+def main(argv=None) -> list[dict]:
+    """Run the demo (see the module docstring); returns the report's rows."""
+    (args,) = parse_args([DemoArguments], argv)
+    check = ArgumentChecker()
+    args.validate(check)
+    check.raise_if_any()
+    out = Path(args.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    precision, device = resolve_precision(args.precision)
+    stages, runs = build_stages(args, precision)
+    defaults = {**STAGE_ENV, **({"DS_ACCELERATOR": "cpu"} if device.startswith("CPU") else {})}
+    runner = StageRunner(out, total=len(stages) + 1, env=defaults)
+    runner.say(f"offline demo into {out}: {len(args.optimizers)} optimizer(s) x {args.budget():g} min of "
+               f"pretraining ({device}, {precision}), then {args.task_name} fine-tuning and the report")
+    for stage in stages:
+        runner.run(stage)
+    runner.index += 1
+    runner.say(f"stage {runner.index}/{runner.total} report")
+    rows, table = report.build_report(runs, out=out / "results.md", plot=out / "results.png",
+                                      csv_path=out / "results.csv", task=args.task_name)
+    manifest_path = out / "data" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    with open(out / "results.md", "a", encoding="utf-8") as handle:
+        handle.write("\n" + _settings_section(args, precision, device, manifest, runner.timings))
+    print("\n" + table, flush=True)
+    runner.say(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.png'}")
+    if runner.failed:
+        failed = "; ".join(f"{name} (log: {log})" for name, log in runner.failed.items())
+        raise UserError(f"{len(runner.failed)} stage(s) did not finish: {failed}. Fix the cause and rerun the same "
+                        "command: finished stages are reused")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

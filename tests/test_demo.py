@@ -1,0 +1,162 @@
+"""The offline demo: its stage runner (reuse, redo, resume, failure) and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pretraining import demo
+from pretraining.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A stand-in script: appends its argv to calls.txt, writes OUT/done unless --fail or --partial.
+FAKE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    argv = sys.argv[1:]
+    out = Path(argv[argv.index("--out") + 1])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "calls.txt", "a") as fh:
+        fh.write(json.dumps(argv) + "\\n")
+    print("working on", out.name)
+    if "--fail" in argv:
+        sys.exit(3)
+    if "--partial" not in argv:
+        (out / "done").write_text("ok")
+""")
+
+
+def _stages(tmp_path: Path, a_argv=(), b_argv=()):
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE_SCRIPT)
+    out = tmp_path / "work"
+    a_dir, b_dir = out / "a", out / "b"
+    a = demo.Stage("a", str(script), ["--out", str(a_dir), *a_argv], a_dir,
+                   is_complete=lambda: (a_dir / "done").is_file())
+    b = demo.Stage("b", str(script), ["--out", str(b_dir), *b_argv], b_dir, depends=[a],
+                   is_complete=lambda: (b_dir / "done").is_file(),
+                   resume_argv=lambda: ["--resume"] if b_dir.exists() else [])
+    return out, a, b
+
+
+def _calls(out: Path) -> list[list[str]]:
+    path = out / "calls.txt"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _run(out: Path, *stages) -> tuple[demo.StageRunner, str]:
+    stream = io.StringIO()
+    runner = demo.StageRunner(out, total=len(stages), stream=stream)
+    for stage in stages:
+        runner.run(stage)
+    return runner, stream.getvalue()
+
+
+def test_stage_runner_reuses_redoes_and_resumes(tmp_path):
+    out, a, b = _stages(tmp_path)
+    runner, text = _run(out, a, b)
+    assert [status for _, status, _ in runner.timings] == ["ran", "ran"]
+    assert "    working on a" in text and "stage 2/2 b: done" in text  # script output streamed, indented
+    assert "working on b" in (out / "logs" / "b.log").read_text()
+    assert len(_calls(out)) == 2
+
+    runner, text = _run(out, a, b)  # nothing changed: nothing runs
+    assert [status for _, status, _ in runner.timings] == ["reused", "reused"]
+    assert len(_calls(out)) == 2 and "reused" in text
+
+    out, a, b = _stages(tmp_path, a_argv=["--seed", "7"])  # a's settings changed: a and b are redone
+    (out / "a" / "stale").write_text("from the old settings")
+    runner, text = _run(out, a, b)
+    assert [status for _, status, _ in runner.timings] == ["ran", "ran"]
+    assert "settings changed" in text and not (out / "a" / "stale").exists()
+    assert len(_calls(out)) == 4 and all("--resume" not in c for c in _calls(out))
+
+    # b interrupted (output present, not complete) with unchanged settings: resumed, not restarted
+    out, a, b = _stages(tmp_path, a_argv=["--seed", "7"], b_argv=["--partial"])
+    _run(out, a, b)  # b's settings changed: starts afresh, ends partial
+    (out / "b" / "done").unlink(missing_ok=True)
+    runner, text = _run(out, a, b)
+    assert _calls(out)[-1][-1] == "--resume" and "resuming" in text
+    assert [status for _, status, _ in runner.timings] == ["reused", "failed"]  # --partial never completes
+
+
+def test_stage_failure_skips_dependents_and_names_the_log(tmp_path):
+    out, a, b = _stages(tmp_path, a_argv=["--fail"])
+    runner, text = _run(out, a, b)
+    assert [status for _, status, _ in runner.timings] == ["failed", "skipped"]
+    assert "FAILED (exit code 3)" in text and str(out / "logs" / "a.log") in text
+    assert set(runner.failed) == {"a", "b"}
+    assert len(_calls(out)) == 1  # b never ran
+
+
+def test_bad_arguments_are_reported_together(tmp_path, monkeypatch):
+    with pytest.raises(UserError) as exc:
+        demo.main.__wrapped__(["--output_dir", str(tmp_path), "--optimizers", "sgd", "adamw",
+                               "--max_train_samples", "0", "--budget_minutes", "-1"])
+    message = str(exc.value)
+    assert "invalid arguments (3)" in message and "sgd" in message and "adafactor" in message
+    assert "--max_train_samples must be > 0" in message and "budget must be > 0" in message
+    monkeypatch.setenv(demo.BUDGET_ENV, "ten")
+    with pytest.raises(UserError, match="DEMO_BUDGET_MINUTES='ten' is not a number"):
+        demo.main.__wrapped__(["--output_dir", str(tmp_path)])
+    monkeypatch.setenv(demo.BUDGET_ENV, "0.25")
+    assert demo.DemoArguments().budget() == 0.25
+    assert demo.DemoArguments(budget_minutes=2.0).budget() == 2.0
+
+
+def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pretraining.demo", "--output_dir", str(out), "--optimizers", "adamw",
+               "adafactor", "--budget_minutes", "0.04", "--max_documents", "200", "--num_train_shards", "2",
+               "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
+               "--intermediate_size", "64", "--train_batch_size", "8", "--print_steps", "2",
+               "--max_train_samples", "32", "--max_eval_samples", "48", "--finetune_max_seq_length", "32", *extra]
+    env = {**os.environ, "PRECISION": "fp32", "WANDB_MODE": "disabled"}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.timeout(600)
+def test_demo_end_to_end_then_reuse(tmp_path):
+    """`python -m pretraining.demo` (what `make demo` runs) with a tiny budget and corpus, then rerun."""
+    out = tmp_path / "demo_output"
+    result = _demo(out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stdout = result.stdout
+    for stage in ("prepare", "pretrain-adamw", "finetune-adamw", "pretrain-adafactor", "finetune-adafactor",
+                  "finetune-minilm-reference"):
+        assert f"{stage}: done in" in stdout
+        assert (out / "logs" / f"{stage}.log").stat().st_size > 0
+    assert "training ended (time_budget)" in stdout  # the scripts' own progress is visible
+
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert [r["run"] for r in rows] == ["adamw", "adafactor", "minilm-reference"]
+    for row, optimizer in zip(rows, ["adamw", "adafactor", "pretrained"]):
+        assert row["optimizer"] == optimizer and row["precision"] == "fp32" and row["task"] == "rotten_tomatoes"
+        assert 0.0 <= float(row["accuracy"]) <= 1.0
+    for row in rows[:2]:
+        assert row["status"] == "complete (time_budget)" and float(row["pretrain_loss"]) > 0
+        results = json.loads((out / "pretrain" / row["run"] / "finetune" / "rotten_tomatoes" /
+                              "all_results.json").read_text())
+        assert float(row["accuracy"]) == results["eval_accuracy"]
+    markdown = (out / "results.md").read_text()
+    assert "| adamw | L1-H32 | adamw | fp32 |" in markdown and "## Stage timings" in markdown
+    assert "| adamw | L1-H32 | adamw | fp32 |" in stdout  # the table is printed
+    png = (out / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 30_000
+    assert {p.name for p in out.iterdir()} <= {"data", "pretrain", "reference", "logs", "stages", "results.md",
+                                               "results.csv", "results.png"}
+
+    metrics = out / "pretrain" / "adamw" / "metrics.jsonl"
+    before = metrics.read_bytes()
+    again = _demo(out)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count(": reused (") == 6 and "running" not in again.stdout
+    assert metrics.read_bytes() == before
