@@ -227,6 +227,11 @@ class DeepSpeedArguments:
     gradient_clipping: float = field(
         default=1.0, metadata={"help": "Clip the global gradient norm to this value; 0 turns clipping off"}
     )
+    fused_optimizer: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Fused optimizer kernels: default auto (torch's fused Adam/AdamW on a GPU); true also "
+                          "picks DeepSpeed's FusedLamb for lamb (GPU only); false forbids them"},
+    )
     fp16_backend: str = field(
         default="ds",
         metadata={"help": "ds: DeepSpeed's loss scaler (torch's GradScaler without --deepspeed). apex is accepted "

@@ -317,10 +317,16 @@ class DeepSpeedEngine:
         from deepspeed.utils import safe_get_full_fp32_param
 
         params = {p.data_ptr(): p for p in self.module.parameters()}
+        optimizer = self.ds.optimizer  # without ZeRO: fp32 copies listed group by group beside the 16-bit ones
+        copies = {id(low): high for lows, highs in zip(getattr(optimizer, "fp16_groups", []),
+                                                        getattr(optimizer, "fp32_groups", []))
+                  if isinstance(highs, list) for low, high in zip(lows, highs)}
         out = {}
         for key, tensor in self.module.state_dict(keep_vars=True).items():
             param = params.get(tensor.data_ptr())
-            master = safe_get_full_fp32_param(param) if param is not None else None
+            master = None if param is None else safe_get_full_fp32_param(param)
+            if master is None and param is not None:
+                master = copies.get(id(param))
             out[key] = (master if master is not None else tensor).detach().float().cpu()
         return out
 

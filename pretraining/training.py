@@ -63,8 +63,9 @@ ARGUMENT_GROUPS = (ModelArguments, OptimizerArguments, SchedulerArguments, Datas
 #: model inputs the collator produces (next_sentence_label only for bert-mlm-nsp)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 #: what must match between a checkpoint and the run resuming it
-COMPATIBILITY_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                      "vocab_size", "encoder_ln_mode", "optimizer_type", "deepspeed", "zero_stage", "precision")
+MODEL_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                    "encoder_ln_mode")
+RUN_KEYS = ("model_type", "optimizer_type", "deepspeed", "zero_stage")
 
 
 @dataclass
@@ -89,9 +90,11 @@ class PretrainingConfig:
     def as_dict(self) -> dict:
         return asdict(*self.groups())
 
-    def compatibility(self) -> dict:
-        merged = {**self.as_dict(), "precision": self.engine.precision}
-        return {key: merged[key] for key in COMPATIBILITY_KEYS}
+    def compatibility(self, model_config) -> dict:
+        """What a checkpoint and the run resuming it must share: the model's shape and the run's engine."""
+        merged = self.as_dict()
+        return {**{key: getattr(model_config, key) for key in MODEL_SHAPE_KEYS},
+                **{key: merged[key] for key in RUN_KEYS}, "precision": self.engine.precision}
 
 
 def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, list[str]]:
@@ -119,6 +122,10 @@ def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, li
                   "--lr_schedule step needs --max_steps (the schedule's total); or use --lr_schedule time")
     problem = check_precision_supported(config.engine.precision)
     check.require(problem is None, problem or "")
+    check.require(not (config.engine.fused_optimizer and config.optimizer.optimizer_type == "lamb")
+                  or torch.cuda.is_available(),
+                  "--fused_optimizer with lamb is DeepSpeed's FusedLamb, which needs a CUDA GPU: drop "
+                  "--fused_optimizer (the torch LAMB computes the same update)")
     check.raise_if_any()
     notices = [n for group in (config.data, config.engine, config.run) for n in group.notices()]
     return max(accum, 1), notices
@@ -136,6 +143,23 @@ def load_tokenizer(name: str | None, manifest: dict | None):
     except (OSError, ValueError) as exc:
         raise UserError(f"tokenizer {source!r} could not be loaded ({str(exc).splitlines()[0]}); pass --tokenizer_name "
                         "with a local tokenizer folder (or a Hub name when online)") from None
+
+
+def build_model(model_args):
+    """A new BERT from the architecture flags, or the weights of ``--model_name_or_path`` (its own architecture)."""
+    from pretraining.modeling import BertForPreTraining, build_config
+
+    if not model_args.model_name_or_path:
+        return BertForPreTraining(build_config(model_args))
+    try:
+        return BertForPreTraining.from_pretrained(
+            model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+            next_sentence_prediction=model_args.model_type == "bert-mlm-nsp",
+            sparse_mask_prediction=model_args.sparse_mask_prediction)
+    except OSError as exc:
+        raise UserError(f"--model_name_or_path {model_args.model_name_or_path!r} could not be loaded "
+                        f"({str(exc).splitlines()[0]}): give a folder written by run_pretraining.py (pretrained/) "
+                        "or a BERT checkpoint") from None
 
 
 def check_vocab(dataset_path: str, manifest: dict | None, tokenizer, model_vocab: int) -> None:
@@ -227,7 +251,6 @@ class Pretraining:
         from pretraining.data.shards import list_shards, read_manifest, read_shard
         from pretraining.engine import build_engine, setup_distributed
         from pretraining.logging import RunLogger, wandb_mode
-        from pretraining.modeling import BertForPreTraining, build_config
         from pretraining.optimizers import build_optimizer
         from pretraining.schedules import build_scheduler
 
@@ -247,7 +270,6 @@ class Pretraining:
         self.manifest = read_manifest(data.dataset_path)
         self.read_shard = read_shard
         self.tokenizer = load_tokenizer(config.model.tokenizer_name, self.manifest)
-        check_vocab(data.dataset_path, self.manifest, self.tokenizer, config.model.vocab_size)
         self.nsp = config.model.model_type == "bert-mlm-nsp"
         self.inputs = MODEL_INPUTS + (("next_sentence_label",) if self.nsp else ())
         self.collate = PretrainingCollator(
@@ -256,8 +278,13 @@ class Pretraining:
             max_predictions_per_seq=data.max_predictions_per_seq)
 
         set_seeds(run.seed)
-        model = BertForPreTraining(build_config(config.model)).to(self.dist.device)
-        optimizer = build_optimizer(model, config.optimizer)
+        model = build_model(config.model).to(self.dist.device)
+        check_vocab(data.dataset_path, self.manifest, self.tokenizer, model.config.vocab_size)
+        self.compatibility = config.compatibility(model.config)
+        if config.model.model_name_or_path:
+            notices.append(f"--model_name_or_path: the architecture comes from {config.model.model_name_or_path} "
+                           f"({model.config.num_hidden_layers}x{model.config.hidden_size}); architecture flags are ignored")
+        optimizer = build_optimizer(model, config.optimizer, use_fused=config.engine.fused_optimizer)
         self.scheduler = build_scheduler(optimizer, config.scheduler, total_steps=run.max_steps)
         self.engine = build_engine(model, optimizer, ds_args=config.engine, dist_info=self.dist,
                                    train_batch_size=run.train_batch_size,
@@ -288,7 +315,7 @@ class Pretraining:
         if self.dist.is_main:
             (self.run_dir / "args.json").write_text(json.dumps(self._args_record(), indent=1))
         self.logger.print(
-            f"pretraining {config.model.num_hidden_layers}x{config.model.hidden_size} {config.model.model_type} with "
+            f"pretraining {model.config.num_hidden_layers}x{model.config.hidden_size} {config.model.model_type} with "
             f"{config.optimizer.optimizer_type} on {self.dist.world_size} rank(s) ({self.dist.device.type}, "
             f"{'deepspeed' if config.engine.deepspeed else 'torch'}, {config.engine.precision}); batch "
             f"{run.train_batch_size} = {self.engine.micro_batch} x {self.dist.world_size} x {self.engine.grad_accum}; "
@@ -312,7 +339,7 @@ class Pretraining:
 
     def _resume(self, folder: Path) -> None:
         state = load_checkpoint(folder, engine=self.engine, dist_info=self.dist,
-                                expect=self.config.compatibility())
+                                expect=self.compatibility)
         names = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in state.items() if k in names})
         self.scheduler.load_state_dict(state["scheduler"])
@@ -477,7 +504,7 @@ class Pretraining:
         progress = self.progress
         progress.last_checkpoint_step = progress.step
         state = {**dataclasses.asdict(progress), "scheduler": self.scheduler.state_dict(),
-                 "world_size": self.dist.world_size, "compatibility": self.config.compatibility()}
+                 "world_size": self.dist.world_size, "compatibility": self.compatibility}
         folder = save_checkpoint(self.ckpt_root, f"epoch{progress.epoch}-step{progress.step}", engine=self.engine,
                                  state=state, dist_info=self.dist, keep=self.config.run.keep_checkpoints)
         self.logger.print(f"checkpoint saved: {folder}")

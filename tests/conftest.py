@@ -75,4 +75,51 @@ def tiny_shards_dynamic(tmp_path_factory) -> Path:
 
 # --- training section ---------------------------------------------------------
 
+# The venv's tools first on PATH, for this process and the launchers it starts: DeepSpeed builds its ops
+# with the first `ninja` on PATH, and a system ninja of another version invalidates the cached build
+# (a ~3-minute rebuild each time the two alternate).
+_VENV_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _VENV_BIN:
+    os.environ["PATH"] = f"{_VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+#: A 2-layer, hidden-32 BERT on the tiny shards, constant LR: seconds per run on a CPU.
+TINY_PRETRAIN_FLAGS = [
+    "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--intermediate_size", "64",
+    "--max_position_embeddings", "64", "--train_batch_size", "16", "--train_micro_batch_size_per_gpu", "8",
+    "--lr", "2e-3", "--lr_schedule", "constant_step", "--num_warmup_steps", "0", "--print_steps", "1",
+    "--no_wandb",
+]
+
+
+@pytest.fixture
+def pretrain_flags(tiny_shards, tmp_path):
+    """Factory: run_pretraining.py flags for a tiny run on ``tiny_shards`` into ``tmp_path/runs``; extra flags last."""
+
+    def make(*extra: str, job: str = "tiny", dataset=None) -> list[str]:
+        return ["--dataset_path", str(dataset or tiny_shards), "--output_dir", str(tmp_path / "runs"),
+                "--job_name", job, *TINY_PRETRAIN_FLAGS, *extra]
+
+    return make
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread: tiny models run many times faster on a shared, busy CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def deepspeed_ready():
+    """DeepSpeed's first init on the CPU builds a small comm op (~1-2 min once, then cached in
+    TORCH_EXTENSIONS_DIR): do it once per session, before the tests that time themselves."""
+    from pretraining.engine import setup_distributed
+
+    return setup_distributed(use_deepspeed=True)  # DeepSpeed's comm backend builds (or loads) the op here
+
+
 # --- glue section -------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 An *epoch* is one pass over one shard per data-parallel rank (academic-budget-bert's
 meaning). Shards are visited along an endless sequence made of seeded permutations
-of all train shards, so every shard is used once before any is reused:
+of all train shards (:class:`ShardSequence`), so every shard is used once before any
+is reused:
 
 * ``per_device``: in epoch ``e`` rank ``r`` reads sequence position ``e * world + r``
-  (each rank its own shard);
+  (each rank its own shard, never the same as another rank's in that epoch);
 * ``dist``: every rank reads position ``e`` and takes every ``world``-th sample of it.
 
 Every rank runs the same number of optimizer steps in an epoch: the count comes from
@@ -43,10 +44,34 @@ def shard_length(path: Path) -> int:
         raise UserError(f"{path} is not a readable shard ({exc}); prepare the data again with prepare_dataset.py") from None
 
 
-def shard_order(position: int, num_shards: int, seed: int) -> int:
-    """Index of the shard at ``position`` of the endless sequence of seeded permutations."""
-    cycle, offset = divmod(position, num_shards)
-    return int(np.random.default_rng([seed, cycle]).permutation(num_shards)[offset])
+class ShardSequence:
+    """The endless order in which shards are read: seeded permutations of all of them, one after another.
+
+    Positions are read ``group`` at a time (one per rank in an epoch). Where such a group
+    spans two permutations, the later one is reordered so that the group holds no shard
+    twice; this needs ``num_shards >= group``. Index it by position: ``sequence[k]``.
+    """
+
+    def __init__(self, num_shards: int, group: int, seed: int):
+        if num_shards < group:
+            raise UserError(f"--data_loader_type per_device gives each of the {group} ranks its own shard per epoch, "
+                            f"but there are only {num_shards} train shards: use --data_loader_type dist, or "
+                            "prepare more shards")
+        self.num_shards, self.group, self.seed = num_shards, group, seed
+        self._order: list[int] = []
+
+    def _extend(self) -> None:
+        cycle = len(self._order) // self.num_shards
+        permutation = [int(i) for i in np.random.default_rng([self.seed, cycle]).permutation(self.num_shards)]
+        started = len(self._order) % self.group  # positions of the open group already taken
+        taken = set(self._order[len(self._order) - started:]) if started else set()
+        head = [i for i in permutation if i not in taken][:self.group - started] if started else []
+        self._order += head + [i for i in permutation if i not in head]
+
+    def __getitem__(self, position: int) -> int:
+        while len(self._order) <= position:
+            self._extend()
+        return self._order[position]
 
 
 class ShardLoader:
@@ -69,6 +94,7 @@ class ShardLoader:
         self.rank, self.world_size = rank, world_size
         self.loader_type, self.seed = loader_type, seed
         self.max_steps_per_epoch = max_steps_per_epoch
+        self._sequence = ShardSequence(len(self.shards), world_size if loader_type == "per_device" else 1, seed)
         self._lengths: dict[Path, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch") if prefetch else None
         self._pending: dict[Path, Future] = {}
@@ -80,10 +106,9 @@ class ShardLoader:
 
     def epoch_shards(self, epoch: int) -> list[Path]:
         """The shard of every rank in ``epoch`` (one shard shared by all ranks for ``dist``)."""
-        n = len(self.shards)
         if self.loader_type == "dist":
-            return [self.shards[shard_order(epoch, n, self.seed)]]
-        return [self.shards[shard_order(epoch * self.world_size + r, n, self.seed)] for r in range(self.world_size)]
+            return [self.shards[self._sequence[epoch]]]
+        return [self.shards[self._sequence[epoch * self.world_size + r]] for r in range(self.world_size)]
 
     def _length(self, path: Path) -> int:
         if path not in self._lengths:
