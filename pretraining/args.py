@@ -357,6 +357,13 @@ class PretrainingArguments:
     add_nsp: bool = field(
         default=False, metadata={"help": "Alias of --model_type bert-mlm-nsp (shards must carry NSP labels)"}
     )
+    config_name: Optional[str] = field(
+        default=None, metadata={"help": "Accepted for compatibility (no effect): the architecture comes from the "
+                                        "flags, or from --model_name_or_path"}
+    )
+    pretrain_run_args: Optional[str] = field(
+        default=None, metadata={"help": "Accepted for compatibility (used by academic-budget-bert's run_glue.py only)"}
+    )
 
     def __post_init__(self):
         if self.current_run_id:
@@ -393,4 +400,6 @@ class PretrainingArguments:
         return sorted(float(x) for x in text.split(",") if x.strip()) if text else []
 
     def notices(self) -> list[str]:
-        return _notice_if_changed(self, {"log_throughput_every": "throughput is in every --print_steps line"})
+        return _notice_if_changed(self, {"log_throughput_every": "throughput is in every --print_steps line",
+                                         "config_name": "the architecture comes from the flags or --model_name_or_path",
+                                         "pretrain_run_args": "it is for fine-tuning scripts"})

@@ -149,7 +149,8 @@ def deepspeed_config(ds_args, *, train_batch_size: int, micro_batch: int, grad_a
 def _deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _deep_merge(merged[key], value) if nested else value
     return merged
 
 
@@ -300,7 +301,7 @@ class DeepSpeedEngine:
 
     @property
     def loss_scale(self) -> float | None:
-        return float(self.ds.optimizer.cur_scale) if self.precision == "fp16" else None
+        return float(self.ds.optimizer.loss_scale) if self.precision == "fp16" else None
 
     def train(self) -> None:
         self.ds.train()

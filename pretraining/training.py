@@ -283,7 +283,8 @@ class Pretraining:
         self.compatibility = config.compatibility(model.config)
         if config.model.model_name_or_path:
             notices.append(f"--model_name_or_path: the architecture comes from {config.model.model_name_or_path} "
-                           f"({model.config.num_hidden_layers}x{model.config.hidden_size}); architecture flags are ignored")
+                           f"({model.config.num_hidden_layers}x{model.config.hidden_size}); the architecture flags "
+                           "are ignored")
         optimizer = build_optimizer(model, config.optimizer, use_fused=config.engine.fused_optimizer)
         self.scheduler = build_scheduler(optimizer, config.scheduler, total_steps=run.max_steps)
         self.engine = build_engine(model, optimizer, ds_args=config.engine, dist_info=self.dist,
@@ -328,12 +329,12 @@ class Pretraining:
                 "world_size": self.dist.world_size}
 
     def _prepare_run_dir(self, resume: Path | None) -> None:
+        existing = list_checkpoints(self.ckpt_root)  # every rank decides alike: none is left waiting
+        if existing and resume is None:
+            raise UserError(
+                f"{self.run_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): resume with "
+                f"--load_training_checkpoint {self.run_dir}, or pick another --job_name / --output_dir")
         if self.dist.is_main:
-            existing = list_checkpoints(self.ckpt_root)
-            if existing and resume is None:
-                raise UserError(
-                    f"{self.run_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): resume with "
-                    f"--load_training_checkpoint {self.run_dir}, or pick another --job_name / --output_dir")
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
 
@@ -351,7 +352,7 @@ class Pretraining:
         self.timer = TrainingTimer(self.clock, self.progress.elapsed_s)
         self.interval = Interval()
         self.engine.train()
-        reason = None
+        reason = self._limit_reached()  # a resumed run may have nothing left to do
         try:
             while reason is None:
                 if self.progress.epoch >= self.config.run.num_epochs:
@@ -404,9 +405,13 @@ class Pretraining:
             self.logger.print(f"error: the fp16 loss scaler skipped {progress.skipped_in_a_row} updates in a row "
                               "(overflowing gradients): stopping; lower --lr or enable --gradient_clipping")
             return "nonfinite_loss"
-        if self.config.run.max_steps is not None and progress.step >= self.config.run.max_steps:
+        return self._limit_reached()
+
+    def _limit_reached(self) -> str | None:
+        """max_steps or time_budget when reached (a collective: every rank must call it)."""
+        if self.config.run.max_steps is not None and self.progress.step >= self.config.run.max_steps:
             return "max_steps"
-        if self.dist.any(elapsed >= self.budget_s):
+        if self.dist.any(self.progress.elapsed_s >= self.budget_s):
             return "time_budget"
         return None
 
@@ -459,7 +464,8 @@ class Pretraining:
                 if run.use_early_stopping and self._early_stop(eval_loss):
                     return "early_stop"
             markers = run.time_markers
-            while progress.markers_done < len(markers) and progress.elapsed_s >= markers[progress.markers_done] * self.total_s:
+            while progress.markers_done < len(markers) and \
+                    progress.elapsed_s >= markers[progress.markers_done] * self.total_s:
                 self._export(self.run_dir / f"pretrained_at_{markers[progress.markers_done]:g}")
                 progress.markers_done += 1
             if run.num_epochs_between_checkpoints > 0 and progress.epoch % run.num_epochs_between_checkpoints == 0:
@@ -474,7 +480,8 @@ class Pretraining:
         minutes = self.progress.elapsed_s / 60
         if minutes > run.early_stop_time and eval_loss > run.early_stop_eval_loss:
             self.logger.print(f"early stop: eval loss {eval_loss:.4f} is above --early_stop_eval_loss "
-                              f"{run.early_stop_eval_loss} after {minutes:.1f} minutes (--early_stop_time {run.early_stop_time})")
+                              f"{run.early_stop_eval_loss} after {minutes:.1f} minutes "
+                              f"(--early_stop_time {run.early_stop_time})")
             return True
         return False
 

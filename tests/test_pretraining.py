@@ -87,6 +87,9 @@ def test_resume_continues_the_same_run_exactly(pretrain_flags, tmp_path):
     assert records(resumed.run_dir, "end")[0]["step"] == 14
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+    # resuming a finished run trains no further step
+    again = run(pretrain_flags("--max_steps", "14", "--load_training_checkpoint", str(first.run_dir), job="split"))
+    assert again.end["step"] == 14 and len(records(again.run_dir, "train")) == 14
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(pretrain_flags):
@@ -286,3 +289,44 @@ def test_wandb_mode_and_secret_redaction(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode(no_wandb=False) == "disabled"
     assert redact({"lr": 1, "hub_token": "t", "api_key": "k", "job_name": "j"}) == {"lr": 1, "job_name": "j"}
+
+
+#: every flag of academic-budget-bert's run_pretraining.py (its seven argument dataclasses)
+ACADEMIC_BUDGET_BERT_FLAGS = """
+deepspeed deepspeed_transformer_kernel stochastic_mode attention_dropout_checkpoint normalize_invertible
+gelu_checkpoint gradient_clipping steps_per_print wall_clock_breakdown prescale_gradients gradient_predivide_factor
+fp16 fp16_backend fp16_opt model_type model_name_or_path config_name tokenizer_name cache_dir pretrain_run_args
+vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act hidden_dropout_prob
+attention_probs_dropout_prob max_position_embeddings type_vocab_size initializer_range fused_linear_layer
+sparse_mask_prediction encoder_ln_mode layer_norm_type dataset_path num_workers async_worker data_loader_type
+optimizer_type weight_decay bias_correction max_coeff min_coeff adam_beta1 adam_beta2 adam_eps seed output_dir
+max_predictions_per_seq local_rank load_training_checkpoint load_checkpoint_id num_epochs_between_checkpoints
+job_name project_name max_steps max_steps_per_epoch print_steps do_validation validation_epochs
+validation_epochs_begin validation_epochs_end validation_begin_proportion validation_end_proportion
+validation_micro_batch add_nsp current_run_id early_exit_time_marker total_training_time finetune_time_markers
+finetune_checkpoint_at_end gradient_accumulation_steps train_batch_size train_micro_batch_size_per_gpu num_epochs
+lr use_early_stopping early_stop_time early_stop_eval_loss scale_cnt_limit log_throughput_every lr_schedule curve
+warmup_proportion decay_rate decay_step num_warmup_steps
+""".split()
+
+
+def test_every_academic_budget_bert_flag_is_accepted_and_no_ops_say_so(pretrain_flags, tmp_path):
+    import dataclasses
+
+    from pretraining.training import ARGUMENT_GROUPS, check_arguments
+
+    ours = {f.name for group in ARGUMENT_GROUPS for f in dataclasses.fields(group)}
+    assert sorted(set(ACADEMIC_BUDGET_BERT_FLAGS) - ours) == []
+    flags = pretrain_flags("--num_workers", "8", "--deepspeed_transformer_kernel", "--log_throughput_every", "5",
+                           "--fp16_backend", "apex", "--config_name", "bert-large-uncased", "--add_nsp",
+                           "--current_run_id", "7")
+    config = PretrainingConfig.parse(flags)
+    _, notices = check_arguments(config, world_size=1)
+    for flag in ("num_workers", "deepspeed_transformer_kernel", "log_throughput_every", "fp16_backend", "config_name"):
+        assert any(n.startswith(f"--{flag} has no effect here") for n in notices), flag
+    assert config.model.model_type == "bert-mlm-nsp" and config.run.job_name == "tiny-7"
+
+    args_file = tmp_path / "args.json"  # one JSON file of flags works as well
+    args_file.write_text(json.dumps({"dataset_path": "d", "output_dir": "o", "lr": 0.5, "deepspeed": True}))
+    from_file = PretrainingConfig.parse([str(args_file)])
+    assert (from_file.optimizer.lr, from_file.engine.deepspeed, from_file.data.dataset_path) == (0.5, True, "d")
