@@ -92,12 +92,18 @@ TINY_PRETRAIN_FLAGS = [
 
 
 @pytest.fixture
-def pretrain_flags(tiny_shards, tmp_path):
+def tiny_model_flags() -> list[str]:
+    """The model, batch and schedule flags of a tiny pretraining run (no data or output flags)."""
+    return list(TINY_PRETRAIN_FLAGS)
+
+
+@pytest.fixture
+def pretrain_flags(tiny_shards, tmp_path, tiny_model_flags):
     """Factory: run_pretraining.py flags for a tiny run on ``tiny_shards`` into ``tmp_path/runs``; extra flags last."""
 
     def make(*extra: str, job: str = "tiny", dataset=None) -> list[str]:
         return ["--dataset_path", str(dataset or tiny_shards), "--output_dir", str(tmp_path / "runs"),
-                "--job_name", job, *TINY_PRETRAIN_FLAGS, *extra]
+                "--job_name", job, *tiny_model_flags, *extra]
 
     return make
 

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_PRETRAIN_FLAGS
-
 ROOT = Path(__file__).resolve().parents[1]
 WRAPPERS = {"adam": "adam.sh", "adamw": "adamw.sh", "lamb": "lamb.sh", "adafactor": "adafactor.sh"}
 
@@ -27,8 +25,9 @@ def wrapper_env(tiny_shards, out, **extra) -> dict:
 # adamw goes through the real deepspeed launcher; the others run the same command line in one process
 @pytest.mark.parametrize("optimizer, launcher", [("adamw", "deepspeed"), ("adam", "python"), ("lamb", "python"),
                                                  ("adafactor", "python")])
-def test_each_wrapper_trains_with_its_optimizer(optimizer, launcher, tiny_shards, tmp_path, deepspeed_ready):
-    tiny = [f for f in TINY_PRETRAIN_FLAGS if f not in ("--lr", "2e-3", "--lr_schedule", "constant_step")]
+def test_each_wrapper_trains_with_its_optimizer(optimizer, launcher, tiny_shards, tmp_path, tiny_model_flags,
+                                                deepspeed_ready):
+    tiny = [f for f in tiny_model_flags if f not in ("--lr", "2e-3", "--lr_schedule", "constant_step")]
     done = subprocess.run(["bash", str(ROOT / "shell" / WRAPPERS[optimizer]), *tiny, "--max_steps", "2"],
                           env=wrapper_env(tiny_shards, tmp_path, LAUNCHER=launcher), capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
