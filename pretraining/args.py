@@ -74,6 +74,25 @@ class ModelArguments:
         metadata={"help": "LayerNorm on the summed embeddings. post-ln always has it; in pre-ln it is on by default "
                           "(as in academic-budget-bert) and --layernorm_embedding false removes it"},
     )
+    unpad_inputs: bool = field(
+        default=False,
+        metadata={"help": "Drop padding tokens before the encoder and run it on the real tokens only (same "
+                          "numbers, fewer FLOPs; attention kernel: --unpadded_attention)"},
+    )
+    unpadded_attention: str = field(
+        default="repad",
+        metadata={"help": "Attention over unpadded sequences: repad (masked SDPA on re-padded q/k/v; any device), "
+                          "nested (SDPA on jagged nested tensors; GPU), varlen (CUDA flash varlen; needs "
+                          "--attention_probs_dropout_prob 0)", "choices": ["repad", "nested", "varlen"]},
+    )
+    fused_qkv: bool = field(
+        default=False, metadata={"help": "One matmul for the query/key/value projections (same parameters)"}
+    )
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile each encoder layer (first steps slower while compiling; needs a C++ "
+                          "compiler on the CPU, triton on a GPU)"},
+    )
 
     def validate(self, check: ArgumentChecker) -> None:
         check.require(self.hidden_size > 0 and self.num_hidden_layers > 0, "--hidden_size and --num_hidden_layers must be > 0")

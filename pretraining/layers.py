@@ -14,15 +14,27 @@ Every module takes a :class:`pretraining.modeling.BertConfig`. Two LayerNorm pla
   The pre-ln norms have their own names, so a pre-ln state dict can never be mistaken
   for a post-ln one (loading it into transformers' BERT reports them as missing).
 
-Attention goes through :func:`attend`, a thin wrapper over
-``torch.nn.functional.scaled_dot_product_attention`` with a boolean key-padding mask
-built once per batch by :func:`padding_mask`. Everything outside ``attend`` works on
-``[..., hidden]`` tensors token by token, so an unpadded (varlen) fast path only needs
-a new mask object and a new kernel here: the layers, feed-forward and heads stay as
-they are.
+Everything except attention works on ``[..., hidden]`` tensors token by token, so the
+token layout is a per-batch object that the encoder passes down to attention
+(:func:`make_layout` builds it once per batch):
+
+* :class:`PaddedLayout` (the plain path): hidden states ``[B, S, d]``; attention is
+  ``F.scaled_dot_product_attention`` with a boolean key-padding mask (:func:`attend`).
+* :class:`UnpaddedLayout` (``--unpad_inputs``): the padding tokens are dropped before
+  the embeddings, hidden states are ``[T, d]`` for the T real tokens of the batch, and
+  attention runs on variable-length sequences with a kernel from
+  :data:`UNPADDED_ATTENTION` (``--unpadded_attention``): ``repad`` (scatter q/k/v back
+  to ``[B, S]`` for masked SDPA: any device, attention dropout), ``nested`` (SDPA on
+  jagged nested tensors: flash/efficient varlen kernels on a GPU, with dropout; very
+  slow on the CPU) or ``varlen`` (``torch.nn.attention.varlen.varlen_attn``: CUDA
+  flash varlen, no attention dropout). Projections, feed-forward, norms and heads then
+  skip the padding's FLOPs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +72,148 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+def _padded_attention(q, k, v, mask, num_heads: int, dropout_p: float) -> torch.Tensor:
+    """Multi-head :func:`attend` on ``[B, S, d]`` projections; returns ``[B, S, d]``."""
+    q, k, v = (t.unflatten(-1, (num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+    return attend(q, k, v, mask, dropout_p).transpose(1, 2).flatten(-2)
+
+
+class PaddedLayout:
+    """Hidden states ``[B, S, d]`` with padding in place; attention masks the padded keys."""
+
+    def __init__(self, attention_mask: torch.Tensor | None):
+        self.mask = padding_mask(attention_mask)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """A ``[B, S, ...]`` input in this layout (unchanged)."""
+        return x
+
+    def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Position ids of the tokens: ``0..S-1`` (broadcast over the batch)."""
+        return torch.arange(input_ids.shape[1], device=input_ids.device)
+
+    def flatten(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states as ``[B*S, ...]`` rows in (batch, position) order."""
+        return hidden.reshape(-1, *hidden.shape[2:])
+
+    def repad(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states as ``[B, S, ...]`` (unchanged)."""
+        return hidden
+
+    def first_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, d]`` states of each sequence's first token (the pooler's input)."""
+        return hidden[:, 0]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, dropout_p: float) -> torch.Tensor:
+        """Self-attention of ``[B, S, d]`` projections."""
+        return _padded_attention(q, k, v, self.mask, num_heads, dropout_p)
+
+
+@dataclass(frozen=True)
+class UnpaddedLayout:
+    """The T real tokens of a batch as ``[T, ...]`` rows in (batch, position) order.
+
+    ``indices`` ``[T]``: flat positions of the real tokens in ``[B*S]``;
+    ``cu_seqlens`` ``[B+1]`` (int32): sequence b is rows ``cu_seqlens[b]:cu_seqlens[b+1]``;
+    ``kernel``: the varlen attention from :data:`UNPADDED_ATTENTION`.
+    """
+
+    indices: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    batch_size: int
+    seq_len: int
+    key_mask: torch.Tensor
+    kernel: Callable
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """A ``[B, S, ...]`` input (ids, segments, labels) -> ``[T, ...]`` real-token rows."""
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.indices)
+
+    def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Position id of each real token (its index in its sequence, as in the padded batch)."""
+        return self.indices % self.seq_len
+
+    def flatten(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states as rows (already ``[T, ...]``)."""
+        return hidden
+
+    def repad(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[T, ...]`` -> ``[B, S, ...]`` with zeros at the padding."""
+        rows = hidden.new_zeros(self.batch_size * self.seq_len, *hidden.shape[1:])
+        return rows.index_copy(0, self.indices, hidden).unflatten(0, (self.batch_size, self.seq_len))
+
+    def first_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, d]`` states of each sequence's first real token (position 0 for right-padded rows)."""
+        return hidden.index_select(0, self.cu_seqlens[:-1].long())
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, dropout_p: float) -> torch.Tensor:
+        """Self-attention within each sequence of ``[T, d]`` projections."""
+        return self.kernel(self, q, k, v, num_heads, dropout_p)
+
+
+def _repad_attention(layout: UnpaddedLayout, q, k, v, num_heads: int, dropout_p: float) -> torch.Tensor:
+    """Scatter q/k/v back to ``[B, S, d]``, masked SDPA, gather the real tokens' outputs."""
+    q, k, v = (layout.repad(t) for t in (q, k, v))
+    return layout.gather(_padded_attention(q, k, v, layout.key_mask, num_heads, dropout_p))
+
+
+def _nested_attention(layout: UnpaddedLayout, q, k, v, num_heads: int, dropout_p: float) -> torch.Tensor:
+    """SDPA on jagged nested tensors (one component per sequence)."""
+    offsets = layout.cu_seqlens.long()
+
+    def nest(t):
+        values = t.unflatten(-1, (num_heads, -1)).contiguous()
+        return torch.nested.nested_tensor_from_jagged(values, offsets, max_seqlen=layout.max_seqlen).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(nest(q), nest(k), nest(v), dropout_p=dropout_p)
+    return out.transpose(1, 2).values().flatten(-2)
+
+
+def _varlen_attention(layout: UnpaddedLayout, q, k, v, num_heads: int, dropout_p: float) -> torch.Tensor:
+    """``torch.nn.attention.varlen.varlen_attn`` (CUDA flash varlen kernel; no attention dropout)."""
+    if dropout_p:
+        raise UserError("--unpadded_attention varlen has no attention dropout: set --attention_probs_dropout_prob 0 "
+                        "or use --unpadded_attention nested")
+    if not q.is_cuda:
+        raise UserError("--unpadded_attention varlen needs a CUDA GPU: use --unpadded_attention repad on the CPU")
+    from torch.nn.attention.varlen import varlen_attn
+
+    q, k, v = (t.unflatten(-1, (num_heads, -1)) for t in (q, k, v))
+    cu = layout.cu_seqlens
+    return varlen_attn(q, k, v, cu, cu, layout.max_seqlen, layout.max_seqlen).flatten(-2)
+
+
+#: ``--unpadded_attention`` name -> kernel(layout, q, k, v, num_heads, dropout_p) -> ``[T, d]``
+UNPADDED_ATTENTION: dict[str, Callable] = {
+    "repad": _repad_attention, "nested": _nested_attention, "varlen": _varlen_attention,
+}
+
+
+def make_layout(attention_mask: torch.Tensor | None, config) -> PaddedLayout | UnpaddedLayout:
+    """The token layout of one batch: unpadded when ``config.unpad_inputs`` and the batch has padding.
+
+    Batches without padding, or with a sequence that has no real token, use the padded
+    layout (the same numbers). Unpadding reads the token count on the host (one sync).
+    """
+    if attention_mask is None or not config.unpad_inputs:
+        return PaddedLayout(attention_mask)
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=1, dtype=torch.int32)
+    total, shortest, longest = torch.stack([lengths.sum(), lengths.min(), lengths.max()]).tolist()
+    batch_size, seq_len = mask.shape
+    if total == batch_size * seq_len:
+        return PaddedLayout(None)
+    if shortest == 0:
+        return PaddedLayout(attention_mask)
+    return UnpaddedLayout(
+        indices=mask.flatten().nonzero_static(size=total).flatten(),
+        cu_seqlens=F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)),
+        max_seqlen=int(longest), batch_size=batch_size, seq_len=seq_len,
+        key_mask=padding_mask(mask), kernel=UNPADDED_ATTENTION[config.unpadded_attention],
+    )
+
+
 class BertEmbeddings(nn.Module):
     """Word + position + token-type embeddings, then LayerNorm (skipped in pre-ln unless --layernorm_embedding)."""
 
@@ -72,9 +226,12 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = make_norm(config) if use_norm else nn.Identity()
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``input_ids`` ``[B, S]`` (positions 0..S-1) or ``[T]`` with ``position_ids`` ``[T]``."""
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:
@@ -83,7 +240,11 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention projections (query/key/value) around :func:`attend`."""
+    """Multi-head self-attention: query/key/value projections, then the layout's attention.
+
+    With ``config.fused_qkv`` the three projections run as one matmul over the
+    concatenated weights (the parameters stay separate, with Hugging Face's names).
+    """
 
     def __init__(self, config):
         super().__init__()
@@ -97,12 +258,20 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
+        self.fused_qkv = config.fused_qkv
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        heads = (*x.shape[:-1], self.num_heads, self.head_dim)
-        q, k, v = (proj(x).view(heads).transpose(-3, -2) for proj in (self.query, self.key, self.value))
-        out = attend(q, k, v, mask, self.dropout_p if self.training else 0.0)
-        return out.transpose(-3, -2).reshape(x.shape)
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value projections of ``x``."""
+        projections = (self.query, self.key, self.value)
+        if not self.fused_qkv:
+            return tuple(proj(x) for proj in projections)
+        weight = torch.cat([proj.weight for proj in projections])
+        bias = torch.cat([proj.bias for proj in projections])
+        return F.linear(x, weight, bias).chunk(3, dim=-1)
+
+    def forward(self, x: torch.Tensor, layout: PaddedLayout | UnpaddedLayout) -> torch.Tensor:
+        q, k, v = self.project(x)
+        return layout.attend(q, k, v, self.num_heads, self.dropout_p if self.training else 0.0)
 
 
 class BertResidual(nn.Module):
@@ -150,8 +319,8 @@ class BertLayer(nn.Module):
         self.PreAttentionLayerNorm = make_norm(config) if config.pre_ln else nn.Identity()
         self.PreFeedForwardLayerNorm = make_norm(config) if config.pre_ln else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention.output(self.attention.self(self.PreAttentionLayerNorm(x), mask), x)
+    def forward(self, x: torch.Tensor, layout: PaddedLayout | UnpaddedLayout) -> torch.Tensor:
+        x = self.attention.output(self.attention.self(self.PreAttentionLayerNorm(x), layout), x)
         return self.output(self.intermediate(self.PreFeedForwardLayerNorm(x)), x)
 
 
@@ -163,21 +332,21 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.FinalLayerNorm = make_norm(config) if config.pre_ln else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: PaddedLayout | UnpaddedLayout) -> torch.Tensor:
         for layer in self.layer:
-            x = layer(x, mask)
+            x = layer(x, layout)
         return self.FinalLayerNorm(x)
 
 
 class BertPooler(nn.Module):
-    """tanh(dense(hidden state of the first token)), as in BERT."""
+    """tanh(dense(hidden state of the first token)), as in BERT; takes the ``[B, d]`` first-token states."""
 
     def __init__(self, config):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))
+    def forward(self, first_tokens: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(first_tokens))
 
 
 class BertPredictionHeadTransform(nn.Module):

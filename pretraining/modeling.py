@@ -2,13 +2,20 @@
 
 Parameter names are Hugging Face's, so with ``encoder_ln_mode="post-ln"`` this is
 ``transformers.BertForPreTraining`` / ``BertForSequenceClassification`` (same state
-dict, same outputs), with three speed-ups:
+dict, same outputs), with these speed-ups (each a config field; the numbers do not change):
 
 * attention through ``F.scaled_dot_product_attention`` (see :mod:`pretraining.layers`);
 * ``sparse_mask_prediction``: with labels given, vocabulary logits are computed only at
   the positions where ``labels != -100`` (same loss, a fraction of the head's cost);
 * ``vocab_pad_multiple``: embedding and MLM projection are padded to a multiple of it
-  (fast matmul shapes); the padding rows are never predicted and exports drop them.
+  (fast matmul shapes); the padding rows are never predicted and exports drop them;
+* ``unpad_inputs``: padding tokens are dropped before the embeddings and the encoder
+  runs on the real tokens only, attention on variable-length sequences
+  (``unpadded_attention``: repad, nested or varlen; see :mod:`pretraining.layers`);
+  the MLM head gathers its positions from the unpadded tokens directly;
+* ``fused_qkv``: one matmul for the query/key/value projections;
+* ``torch_compile``: each encoder layer is compiled with ``torch.compile`` (regional
+  compilation: one short compile reused by every layer; token counts are dynamic).
 
 Building blocks live in :mod:`pretraining.layers`. :func:`build_config` maps the
 command-line :class:`~pretraining.args.ModelArguments` to a :class:`BertConfig`;
@@ -33,7 +40,16 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 
 from pretraining.errors import UserError
-from pretraining.layers import NORMS, BertEmbeddings, BertEncoder, BertLMPredictionHead, BertPooler, BertPreTrainingHeads, padding_mask
+from pretraining.layers import (
+    NORMS,
+    UNPADDED_ATTENTION,
+    BertEmbeddings,
+    BertEncoder,
+    BertLMPredictionHead,
+    BertPooler,
+    BertPreTrainingHeads,
+    make_layout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +77,10 @@ class BertConfig(transformers.BertConfig):
     layernorm_embedding: bool = True
     next_sentence_prediction: bool = True
     vocab_pad_multiple: int = 1
+    unpad_inputs: bool = False
+    unpadded_attention: str = "repad"
+    fused_qkv: bool = False
+    torch_compile: bool = False
 
     def __post_init__(self, **kwargs):
         if self.layer_norm_type == "apex":
@@ -73,6 +93,11 @@ class BertConfig(transformers.BertConfig):
             problems.append(f"layer_norm_type {self.layer_norm_type!r} is not one of: apex, {', '.join(NORMS)}")
         if not isinstance(self.vocab_pad_multiple, int) or self.vocab_pad_multiple < 1:
             problems.append(f"vocab_pad_multiple must be an integer >= 1 (got {self.vocab_pad_multiple!r})")
+        if self.unpadded_attention not in UNPADDED_ATTENTION:
+            problems.append(f"unpadded_attention {self.unpadded_attention!r} is not one of: {', '.join(UNPADDED_ATTENTION)}")
+        elif self.unpad_inputs and self.unpadded_attention == "varlen" and self.attention_probs_dropout_prob:
+            problems.append("unpadded_attention 'varlen' has no attention dropout: set attention_probs_dropout_prob "
+                            "to 0 or use unpadded_attention 'nested'")
         if problems:
             raise UserError("invalid model config: " + "; ".join(problems))
         super().__post_init__(**kwargs)
@@ -131,6 +156,10 @@ def build_config(model_args, vocab_size: int | None = None) -> BertConfig:
         sparse_mask_prediction=model_args.sparse_mask_prediction,
         layernorm_embedding=model_args.layernorm_embedding,
         next_sentence_prediction=model_args.model_type == "bert-mlm-nsp",
+        unpad_inputs=model_args.unpad_inputs,
+        unpadded_attention=model_args.unpadded_attention,
+        fused_qkv=model_args.fused_qkv,
+        torch_compile=model_args.torch_compile,
     )
 
 
@@ -158,6 +187,9 @@ class BertModel(BertPreTrainedModel):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
         self.post_init()
+        if config.torch_compile:
+            for layer in self.encoder.layer:
+                layer.compile()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.word_embeddings
@@ -165,12 +197,26 @@ class BertModel(BertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None):
+        """Encoder states in the batch's token layout, and the layout (:func:`pretraining.layers.make_layout`).
+
+        ``[B, S, d]`` with the padded layout, ``[T, d]`` (real tokens only) with the unpadded one.
+        """
+        layout = make_layout(attention_mask, self.config)
+        token_types = None if token_type_ids is None else layout.gather(token_type_ids)
+        embedded = self.embeddings(layout.gather(input_ids), token_types, layout.positions(input_ids))
+        return self.encoder(embedded, layout), layout
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> BaseModelOutputWithPooling:
-        """``input_ids`` ``[B, S]``; ``attention_mask`` 1 = token, 0 = padding. Returns hidden states (+ pooled)."""
-        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), padding_mask(attention_mask))
-        pooled = self.pooler(hidden) if self.pooler is not None else None
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+        """``input_ids`` ``[B, S]``; ``attention_mask`` 1 = token, 0 = padding. Returns hidden states (+ pooled).
+
+        With ``unpad_inputs`` the states at padding positions are zeros.
+        """
+        hidden, layout = self.encode(input_ids, attention_mask, token_type_ids)
+        pooled = self.pooler(layout.first_tokens(hidden)) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=layout.repad(hidden), pooler_output=pooled)
 
 
 @dataclass
@@ -223,18 +269,21 @@ class BertForPreTraining(BertPreTrainedModel):
 
         ``next_sentence_label`` ``[B]``: 0 = B follows A, 1 = random (NSP models only).
         """
-        encoded = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        hidden, targets = encoded.last_hidden_state, labels
+        encoded, layout = self.bert.encode(input_ids, attention_mask, token_type_ids)
         if self.config.sparse_mask_prediction and labels is not None:
-            keep = labels.reshape(-1) != -100
-            hidden, targets = hidden.reshape(-1, hidden.shape[-1])[keep], labels.reshape(-1)[keep]
+            targets = layout.flatten(layout.gather(labels))
+            keep = targets != -100
+            hidden, targets = layout.flatten(encoded)[keep], targets[keep]
+        else:
+            hidden, targets = layout.repad(encoded), labels
         logits = self.cls.predictions(hidden)
         out = BertForPreTrainingOutput(prediction_logits=logits)
         if labels is not None:
             out.masked_lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
             out.loss = out.masked_lm_loss
         if self.config.next_sentence_prediction:
-            out.seq_relationship_logits = self.cls.seq_relationship(encoded.pooler_output)
+            pooled = self.bert.pooler(layout.first_tokens(encoded))
+            out.seq_relationship_logits = self.cls.seq_relationship(pooled)
             if next_sentence_label is not None:
                 out.next_sentence_loss = F.cross_entropy(out.seq_relationship_logits.float(), next_sentence_label.reshape(-1))
                 out.loss = out.next_sentence_loss if out.loss is None else out.loss + out.next_sentence_loss
@@ -320,6 +369,7 @@ def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike) -
     if isinstance(model, BertForPreTraining) and not config.next_sentence_prediction:
         state.update(_untrained_nsp_weights(config))
     config.vocab_pad_multiple = 1
+    config.torch_compile = False
     config.architectures = [type(model).__name__]
 
     out = Path(out_dir)
