@@ -72,7 +72,8 @@ class DistInfo:
             dist.barrier()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine right now (for a launcher's rendezvous)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -96,7 +97,7 @@ def setup_distributed(use_deepspeed: bool, local_rank: int = -1) -> DistInfo:
     if use_deepspeed:
         if "RANK" not in os.environ:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local), MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         import deepspeed
 
         deepspeed.init_distributed(verbose=False)

@@ -42,10 +42,10 @@ def unequal_shards(source: Path, folder: Path) -> Path:
 
 def run_torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
     """torchrun with 2 processes; killed as a whole (process group) if it outlives TIMEOUT_S."""
-    from pretraining.engine import _free_port
+    from pretraining.engine import free_port
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), *args]
+               str(free_port()), *args]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
     try:

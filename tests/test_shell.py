@@ -15,10 +15,10 @@ WRAPPERS = {"adam": "adam.sh", "adamw": "adamw.sh", "lamb": "lamb.sh", "adafacto
 
 
 def wrapper_env(tiny_shards, out, **extra) -> dict:
-    from pretraining.engine import _free_port
+    from pretraining.engine import free_port
 
     return {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "NUM_GPUS": "1",
-            "PRECISION": "fp32", "DATA": str(tiny_shards), "OUT": str(out), "MASTER_PORT": str(_free_port()),
+            "PRECISION": "fp32", "DATA": str(tiny_shards), "OUT": str(out), "MASTER_PORT": str(free_port()),
             **extra}
 
 
