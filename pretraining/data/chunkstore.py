@@ -9,12 +9,12 @@ index's presence marks the chunk complete, which makes stage 1 resumable.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from pretraining.atomic import atomic_file, write_bytes_atomic
 from pretraining.data.tokenization import TokenizedDocuments, tokenize_documents
 
 SPLIT_CODES = {"train": 0, "test": 1}
@@ -61,14 +61,11 @@ class ChunkStore:
         sentences = docs.sentence_lengths[_segments(doc_sent_start[order], docs.document_sentences[order].astype(np.int64))]
         tokens_path, index_path = self._paths(chunk)
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = tokens_path.with_name(f".{tokens_path.name}.{os.getpid()}.tmp")
-        tokens.astype(self.dtype).tofile(tmp)
-        os.replace(tmp, tokens_path)
-        tmp = index_path.with_name(f".{index_path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, keys=np.asarray(keys)[order].astype(np.int64),
-                 document_sentences=docs.document_sentences[order].astype(np.int32),
-                 sentence_lengths=sentences.astype(np.int32))
-        os.replace(tmp, index_path)
+        write_bytes_atomic(tokens_path, tokens.astype(self.dtype).tobytes())
+        with atomic_file(index_path) as handle:
+            np.savez(handle, keys=np.asarray(keys)[order].astype(np.int64),
+                     document_sentences=docs.document_sentences[order].astype(np.int32),
+                     sentence_lengths=sentences.astype(np.int32))
 
     def load_index(self, chunk: int) -> dict[str, np.ndarray]:
         """The chunk's index arrays: keys, document_sentences, sentence_lengths."""

@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from pretraining.atomic import WriteFailed
 from pretraining.cli import ArgumentChecker, asdict
 from pretraining.errors import UserError
 from pretraining.data import corpus
@@ -202,6 +203,7 @@ def _prepare_output_dir(out: Path, settings: dict, overwrite: bool) -> Optional[
     finished = load_manifest_file(out / MANIFEST)
     if finished is not None:
         if all((out / record["name"]).is_file() for record in finished.get("files", [])):
+            shutil.rmtree(out / WORK_DIR, ignore_errors=True)  # a run killed after its manifest, before this
             return finished
         (out / MANIFEST).unlink()  # files went missing: make them again
     return None
@@ -375,6 +377,8 @@ def prepare(args: PrepareArguments) -> PrepareResult:
         try:
             counts = _tokenize_corpus(args, files, tokenizer, store, workers)
             stats = _shard_statistics(store, counts["chunks"], args)
+        except WriteFailed:  # disk full: the chunks written so far are kept, the rerun resumes
+            raise
         except UserError:  # bad input or flags: the fix changes the settings, so nothing here can be resumed
             shutil.rmtree(store.folder, ignore_errors=True)
             raise

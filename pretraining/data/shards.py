@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from pretraining.atomic import write_bytes_atomic, write_text_atomic
 from pretraining.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -123,37 +123,36 @@ def sha256_file(path) -> str:
     return digest.hexdigest()
 
 
-def temporary_path(path: Path) -> Path:
-    """Hidden name a file is written under before the atomic rename."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def shard_image(arrays: dict[str, np.ndarray]) -> bytes:
+    """The bytes of an HDF5 shard holding ``arrays`` (schema keys), built in memory.
 
-
-def write_shard(path, arrays: dict[str, np.ndarray]) -> str:
-    """Write ``arrays`` (schema keys) as an HDF5 shard, atomically; returns its sha256."""
+    The same bytes h5py writes to a file; building them in memory keeps h5py away from
+    the disk, so a failing write (disk full) is a plain OSError, not HDF5 errors at exit.
+    """
     import h5py
 
-    path = Path(path)
-    _check_shapes(path, arrays)
-    tmp = temporary_path(path)
-    with h5py.File(tmp, "w", libver="earliest", track_order=False) as f:
+    with h5py.File("shard", "w", driver="core", backing_store=False, libver="earliest", track_order=False) as f:
         for key in SCHEMA:
             if key in arrays:
                 data = np.ascontiguousarray(arrays[key], dtype=SCHEMA[key][0])
                 options = _COMPRESSION if data.size else {}
                 f.create_dataset(key, data=data, track_times=False, **options)
-    digest = sha256_file(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return digest
+        f.flush()
+        return f.id.get_file_image()
+
+
+def write_shard(path, arrays: dict[str, np.ndarray]) -> str:
+    """Write ``arrays`` (schema keys) as an HDF5 shard, atomically (:mod:`pretraining.atomic`); returns its sha256."""
+    path = Path(path)
+    _check_shapes(path, arrays)
+    image = shard_image(arrays)
+    write_bytes_atomic(path, image)
+    return hashlib.sha256(image).hexdigest()
 
 
 def write_json_atomic(path, data: dict) -> None:
-    """Write JSON under a temporary name, then rename."""
-    path = Path(path)
-    tmp = temporary_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write JSON under a temporary name, then rename (:mod:`pretraining.atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_manifest_file(path) -> Optional[dict]:
