@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, Sequence
 
 
+def _exit_when(sentinel) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
 def _init_worker(modules: Sequence[str]) -> None:
+    # A worker ends with its parent: a killed run leaves no idle workers behind, nor any still writing output.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_when, args=(parent.sentinel,), name="exit-with-parent", daemon=True).start()
     # N single-threaded workers: no nested thread pools oversubscribing the cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -26,7 +37,8 @@ class Workers:
 
     The processes start (and import ``preload`` modules) as soon as the pool is
     entered, so their start-up overlaps whatever the main process does next. With
-    one worker, tasks run inline in this process.
+    one worker, tasks run inline in this process. A worker exits as soon as its
+    parent dies (even by SIGKILL).
     """
 
     def __init__(self, num_workers: int, preload: Sequence[str] = ()) -> None:
