@@ -12,13 +12,19 @@ A checkpoint is a folder ``checkpoints/<id>/`` holding
 It is written under ``checkpoints/.tmp-<id>/`` and renamed into place only when
 complete, then ``checkpoints/latest`` (a text file naming the id) is replaced
 atomically. A crash mid-save leaves the previous checkpoints and ``latest`` intact;
-older checkpoints are pruned only after a new one is in place.
+older checkpoints are pruned only after a new one is in place. A failed write (disk
+full) deletes the partial folder and is a UserError (:mod:`pretraining.atomic`).
+
+Resuming "the latest" checkpoint (no id, or ``latest``) falls back to the newest earlier
+one that verifies when the latest is corrupt or incomplete (:func:`resume_candidates`);
+an explicitly named checkpoint that is corrupt is an error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -26,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretraining.atomic import write_guard, write_text_atomic
 from pretraining.data.shards import sha256_file
 from pretraining.errors import UserError
 
@@ -33,15 +40,6 @@ STATE = "state.json"
 CHECKSUMS = "checksums.json"
 LATEST = "latest"
 TMP_PREFIX = ".tmp-"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -69,12 +67,23 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CorruptCheckpoint(UserError):
+    """A checkpoint whose files are missing or do not match their checksums."""
+
+
+def _step(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / STATE).read_text()).get("step", 0))
+    except (OSError, ValueError, AttributeError):  # damaged state.json: sorted first, refused by verify
+        return -1
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first (by the step they were taken at)."""
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX) and (p / STATE).is_file()]
-    return sorted(found, key=lambda p: (json.loads((p / STATE).read_text()).get("step", 0), p.name))
+    return sorted(found, key=lambda p: (_step(p), p.name))
 
 
 def save_checkpoint(root: Path, ckpt_id: str, *, engine, state: dict, dist_info, keep: int) -> Path:
@@ -85,13 +94,15 @@ def save_checkpoint(root: Path, ckpt_id: str, *, engine, state: dict, dist_info,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist_info.barrier()
-    engine.save(tmp / "engine", dist_info.is_main)
-    torch.save(rng_state(), tmp / f"rng_rank{dist_info.rank}.pt")
+    with write_guard(final, tmp):
+        engine.save(tmp / "engine", dist_info.is_main)
+        torch.save(rng_state(), tmp / f"rng_rank{dist_info.rank}.pt")
     dist_info.barrier()
     if dist_info.is_main:
-        (tmp / STATE).write_text(json.dumps(state, indent=1))
-        sums = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+        with write_guard(final, tmp):
+            (tmp / STATE).write_text(json.dumps(state, indent=1))
+            sums = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
         if final.exists():
             old = root / f"{TMP_PREFIX}old-{ckpt_id}"
             shutil.rmtree(old, ignore_errors=True)
@@ -100,7 +111,7 @@ def save_checkpoint(root: Path, ckpt_id: str, *, engine, state: dict, dist_info,
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
-        _write_atomic(root / LATEST, ckpt_id)
+        write_text_atomic(root / LATEST, ckpt_id)
         for stale in list_checkpoints(root)[:-keep]:
             if stale != final:
                 shutil.rmtree(stale)
@@ -122,9 +133,10 @@ def resolve_checkpoint(path: str | Path, ckpt_id: str | None = None) -> Path:
         raise UserError(f"--load_training_checkpoint {path} does not exist: give the run folder "
                         "(OUTPUT_DIR/JOB_NAME) or its checkpoints/ folder")
     available = [p.name for p in list_checkpoints(root)]
-    if ckpt_id in (None, "latest"):
+    if ckpt_id in (None, "latest"):  # what ``latest`` names, else (killed while replacing it) the newest one
         latest = root / LATEST
-        ckpt_id = latest.read_text().strip() if latest.is_file() else (available[-1] if available else None)
+        named = latest.read_text().strip() if latest.is_file() else None
+        ckpt_id = named if named in available else (available[-1] if available else None)
     if ckpt_id is None or ckpt_id not in available:
         listing = ", ".join(available) or "none"
         raise UserError(f"checkpoint {ckpt_id!r} not found in {root} (available: {listing}); "
@@ -132,17 +144,34 @@ def resolve_checkpoint(path: str | Path, ckpt_id: str | None = None) -> Path:
     return root / ckpt_id
 
 
+def resume_candidates(path: str | Path, ckpt_id: str | None = None) -> list[Path]:
+    """The checkpoints a resume may use, in order of preference.
+
+    The one :func:`resolve_checkpoint` picks; when it was picked as the latest (no id or
+    ``latest``, PATH not itself a checkpoint), then every earlier one, newest first.
+    """
+    chosen = resolve_checkpoint(path, ckpt_id)
+    if ckpt_id not in (None, "latest") or chosen == Path(path):
+        return [chosen]
+    ordered = list_checkpoints(chosen.parent)
+    earlier = ordered[:ordered.index(chosen)] if chosen in ordered else []
+    return [chosen, *reversed(earlier)]
+
+
 def verify_checkpoint(folder: Path) -> None:
-    """Raise a UserError when a file of the checkpoint is missing or does not match its checksum."""
+    """Raise CorruptCheckpoint when a file of the checkpoint is missing or does not match its checksum."""
     sums_file = folder / CHECKSUMS
-    if not sums_file.is_file():
-        raise UserError(f"checkpoint {folder} is incomplete ({CHECKSUMS} missing): resume from an earlier one")
-    for name, expected in json.loads(sums_file.read_text()).items():
+    try:
+        sums = json.loads(sums_file.read_text())
+    except (OSError, ValueError):
+        raise CorruptCheckpoint(f"checkpoint {folder} is incomplete ({CHECKSUMS} missing or unreadable): resume "
+                                "from an earlier one") from None
+    for name, expected in sums.items():
         file = folder / name
         if not file.is_file() or sha256_file(file) != expected:
             others = [p.name for p in list_checkpoints(folder.parent) if p != folder]
-            raise UserError(f"checkpoint {folder} is corrupt ({name} is missing or does not match its checksum); "
-                            f"resume from an earlier one with --load_checkpoint_id (available: {', '.join(others) or 'none'})")
+            raise CorruptCheckpoint(f"checkpoint {folder} is corrupt ({name} is missing or does not match its checksum); "
+                                    f"resume from an earlier one with --load_checkpoint_id (available: {', '.join(others) or 'none'})")
 
 
 def load_checkpoint(folder: Path, *, engine, dist_info, expect: dict | None = None) -> dict:
@@ -162,8 +191,13 @@ def load_checkpoint(folder: Path, *, engine, dist_info, expect: dict | None = No
     if engine.sharded and state.get("world_size", dist_info.world_size) != dist_info.world_size:
         raise UserError(f"checkpoint {folder} was written by {state['world_size']} ranks with ZeRO-sharded "
                         f"optimizer state, this run has {dist_info.world_size}: resume with the same number of processes")
-    engine.load(folder / "engine")
     rng_file = folder / f"rng_rank{dist_info.rank}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=True))
+    try:
+        engine.load(folder / "engine")
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=True))
+    except pickle.UnpicklingError as exc:  # weights_only refuses pickled code and arbitrary objects
+        raise UserError(f"checkpoint {folder} was refused: it holds pickled objects or code, not only tensors and "
+                        f"plain values ({str(exc).splitlines()[0]}); load only checkpoints written by "
+                        "run_pretraining.py from a source you trust") from None
     return state

@@ -54,7 +54,9 @@ import torch
 
 from pretraining.args import (DatasetArguments, DeepSpeedArguments, ModelArguments, OptimizerArguments,
                               PretrainingArguments, SchedulerArguments)
-from pretraining.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from pretraining.atomic import write_guard
+from pretraining.checkpoint import (CorruptCheckpoint, list_checkpoints, load_checkpoint, resume_candidates,
+                                   save_checkpoint)
 from pretraining.cli import ArgumentChecker, asdict, parse_args
 from pretraining.errors import UserError
 
@@ -261,8 +263,9 @@ class Pretraining:
         grad_accum, notices = check_arguments(config, self.dist.world_size)
         self.run_dir = Path(run.output_dir) / run.job_name
         self.ckpt_root = self.run_dir / "checkpoints"
-        resume = resolve_checkpoint(run.load_training_checkpoint, run.load_checkpoint_id) \
-            if run.load_training_checkpoint else None
+        candidates = resume_candidates(run.load_training_checkpoint, run.load_checkpoint_id) \
+            if run.load_training_checkpoint else []
+        resume = candidates[0] if candidates else None
         self._prepare_run_dir(resume)
 
         self.train_shards = list_shards(data.dataset_path, "train")
@@ -299,7 +302,7 @@ class Pretraining:
 
         self.progress = Progress()
         if resume is not None:
-            self._resume(resume)
+            resume = self._resume(candidates, notices)
         self.loader.steps_in_epoch(self.progress.epoch)  # shards too small for one step: fail now, not later
         self.budget_s = min(run.early_exit_time_marker, config.scheduler.total_training_time) * 3600.0
         self.total_s = config.scheduler.total_training_time * 3600.0
@@ -338,12 +341,20 @@ class Pretraining:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
 
-    def _resume(self, folder: Path) -> None:
-        state = load_checkpoint(folder, engine=self.engine, dist_info=self.dist,
-                                expect=self.compatibility)
+    def _resume(self, candidates: list[Path], notices: list[str]) -> Path:
+        """Restore the first candidate that verifies (a corrupt latest one falls back, with a notice)."""
+        for folder in candidates:
+            try:
+                state = load_checkpoint(folder, engine=self.engine, dist_info=self.dist, expect=self.compatibility)
+                break
+            except CorruptCheckpoint as exc:
+                if folder == candidates[-1]:
+                    raise
+                notices.append(f"{str(exc).split(';')[0]}; resuming from the checkpoint before it instead")
         names = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in state.items() if k in names})
         self.scheduler.load_state_dict(state["scheduler"])
+        return folder
 
     # --- the loop ----------------------------------------------------------------------------------------
 
@@ -524,7 +535,8 @@ class Pretraining:
         if self.dist.is_main:
             tmp = folder.with_name(f".tmp-{folder.name}")
             shutil.rmtree(tmp, ignore_errors=True)
-            export_pretrained(model, self.tokenizer, tmp)
+            with write_guard(folder, tmp):
+                export_pretrained(model, self.tokenizer, tmp)
             old = folder.with_name(f".old-{folder.name}")
             if folder.exists():
                 os.replace(folder, old)
