@@ -5,7 +5,9 @@ Both give the training loop the same small interface, so there is one loop:
 * ``forward(batch) -> loss`` (mixed precision inside), ``backward(loss)``,
 * ``step() -> None | bool``, called after every micro-batch's backward: ``None``
   between accumulation boundaries, at a boundary ``True`` when the update was
-  applied and ``False`` when an fp16 overflow made the loss scaler skip it,
+  applied and ``False`` when an fp16 overflow made the loss scaler skip it, or (fp32,
+  bf16) when the gradients were not finite: the torch engine then skips the update,
+  DeepSpeed has applied it (the loop stops either way and saves nothing),
 * ``zero_grad()``, ``train()`` / ``eval()``, ``evaluate(batch) -> loss`` (no grad),
 * ``save(folder)`` / ``load(folder)`` (model, optimizer, loss scaler),
   ``export_model()`` (the model with full-precision weights; collective under ZeRO).
@@ -18,6 +20,7 @@ is always set from ``--gradient_clipping`` (0 = off) for both engines, so they a
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -199,9 +202,16 @@ class TorchEngine:
         self._micro += 1
         if not boundary:
             return None
+        norm = None
         if self.clip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
+        if not self.scaler.is_enabled():  # fp32/bf16: never apply a non-finite gradient (fp16: the scaler skips it)
+            if norm is None:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in self.module.parameters() if p.grad is not None])
+            if not torch.isfinite(norm):
+                self.zero_grad()
+                return False
         scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -295,7 +305,14 @@ class DeepSpeedEngine:
         boundary = self.ds.is_gradient_accumulation_boundary()
         skipped = self.ds.skipped_steps
         self.ds.step()
-        return (self.ds.skipped_steps == skipped) if boundary else None
+        if not boundary:
+            return None
+        if self.precision == "fp16":
+            return self.ds.skipped_steps == skipped
+        norm = self.ds.get_global_grad_norm()  # fp32/bf16: False when the gradients were not finite
+        if norm is None:  # nothing computed it (fp32 without ZeRO): are the updated weights still finite?
+            norm = torch.nn.utils.get_total_norm([p.detach() for p in self.module.parameters()])
+        return math.isfinite(float(norm))
 
     def zero_grad(self) -> None:
         self.ds.zero_grad()

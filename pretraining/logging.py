@@ -35,6 +35,8 @@ def progress_line(record: dict, budget_s: float, loss_scale: float | None = None
     ]
     if loss_scale is not None:
         parts.append(f"loss scale {loss_scale:g}")
+    if record.get("skipped_steps"):
+        parts.append(f"{record['skipped_steps']} updates skipped (fp16 overflow)")
     return " | ".join(parts)
 
 

@@ -11,8 +11,9 @@ a stop rule fires, checked after every optimizer step:
 * ``early_stop`` (epoch ends, ``--use_early_stopping``): eval loss NaN, or still above
   ``--early_stop_eval_loss`` after ``--early_stop_time`` minutes of training time;
 * ``nonfinite_loss``: the training loss is NaN/inf (fp32/bf16: stop before the update
-  is applied, save nothing, point at the last good checkpoint), or fp16's loss scaler
-  skipped ``--scale_cnt_limit`` updates in a row.
+  is applied, save nothing, point at the last good checkpoint), the same for NaN/inf
+  gradients under fp32/bf16 (the engine reports them, see :mod:`pretraining.engine`),
+  or fp16's loss scaler skipped ``--scale_cnt_limit`` updates in a row.
 
 Training time (what the budget, the time-based LR schedule, early stopping and
 ``--finetune_time_markers`` see, logged as ``elapsed_s``) counts the training steps
@@ -31,7 +32,8 @@ checkpoint after every ``--num_epochs_between_checkpoints`` completed epochs. At
 end: a final validation (``--do_validation``), a checkpoint, and ``pretrained/``.
 
 Output in ``OUTPUT_DIR/JOB_NAME/``: ``args.json``, ``metrics.jsonl`` (train lines every
-``--print_steps`` with the mean loss since the previous line; eval lines; one end line),
+``--print_steps`` with the mean loss since the previous line, under fp16 also ``loss_scale``
+and ``skipped_steps``, the updates the loss scaler skipped so far; eval lines; one end line),
 ``checkpoints/<id>/`` (:mod:`pretraining.checkpoint`), ``pretrained/``.
 """
 
@@ -209,6 +211,7 @@ class Progress:
     validations: int = 0
     markers_done: int = 0
     skipped_in_a_row: int = 0
+    skipped_steps: int = 0
     last_eval_step: int = -1
     last_checkpoint_step: int = -1
     wandb_run_id: str | None = None
@@ -398,10 +401,13 @@ class Pretraining:
                 loss_total, tokens, samples = self.dist.sum([float(loss_sum), tokens, samples])
                 mean_loss = loss_total / (len(micro_batches) * self.dist.world_size)
                 if not math.isfinite(mean_loss) and engine.precision != "fp16":
-                    return self._nonfinite(mean_loss, lr)
+                    return self._nonfinite(f"the training loss became {mean_loss}", lr)
             engine.backward(loss)
             applied = engine.step()
+        if applied is False and engine.precision != "fp16":
+            return self._nonfinite("the gradients became non-finite (NaN/inf)", lr)
         progress.skipped_in_a_row = 0 if applied else progress.skipped_in_a_row + 1
+        progress.skipped_steps += 0 if applied else 1
         progress.step += 1
         progress.step_in_epoch += 1
         progress.tokens += int(tokens)
@@ -414,6 +420,7 @@ class Pretraining:
             self._log_train(lr)
         if progress.skipped_in_a_row >= self.config.run.scale_cnt_limit:
             self.logger.print(f"error: the fp16 loss scaler skipped {progress.skipped_in_a_row} updates in a row "
+                              f"({progress.skipped_steps} in total) at step {progress.step} "
                               "(overflowing gradients): stopping; lower --lr or enable --gradient_clipping")
             return "nonfinite_loss"
         return self._limit_reached()
@@ -442,15 +449,21 @@ class Pretraining:
         self.logger.train({
             "step": p.step, "epoch": p.epoch, "elapsed_s": p.elapsed_s, "wall_s": time.monotonic() - self.wall_start,
             "lr": lr, "loss": mean, "seq_per_s": interval.samples / seconds, "tokens_per_s": interval.tokens / seconds,
-            "tokens": p.tokens, "samples": p.samples,
+            "tokens": p.tokens, "samples": p.samples, **self._fp16_record(),
         }, loss_scale=self.engine.loss_scale)
         self.interval = Interval(last_mean=mean)
 
-    def _nonfinite(self, loss: float, lr: float) -> str:
+    def _fp16_record(self) -> dict:
+        """fp16 only: the loss scale and the updates the scaler skipped so far (for train and end records)."""
+        if self.engine.precision != "fp16":
+            return {}
+        return {"loss_scale": self.engine.loss_scale, "skipped_steps": self.progress.skipped_steps}
+
+    def _nonfinite(self, what: str, lr: float) -> str:
         good = list_checkpoints(self.ckpt_root)
         where = (f"the last good checkpoint is {good[-1]} (resume with --load_training_checkpoint {self.run_dir} "
                  f"--load_checkpoint_id {good[-1].name})") if good else "no checkpoint was saved before it"
-        self.logger.print(f"error: the training loss became {loss} at step {self.progress.step + 1} (lr {lr:.3e}); "
+        self.logger.print(f"error: {what} at step {self.progress.step + 1} (lr {lr:.3e}); "
                           f"stopped before applying that update and saved nothing; {where}. Lower --lr, set "
                           "--gradient_clipping, or lengthen the warmup")
         return "nonfinite_loss"
@@ -558,7 +571,7 @@ class Pretraining:
                 if run.finetune_checkpoint_at_end:
                     self._export(self.run_dir / "pretrained")
         end = {"reason": reason, "step": progress.step, "elapsed_s": progress.elapsed_s, "tokens": progress.tokens,
-               "final_loss": self.interval.last_mean}
+               "final_loss": self.interval.last_mean, **self._fp16_record()}
         self.logger.end(end)
         return end
 
