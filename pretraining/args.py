@@ -310,6 +310,11 @@ class PretrainingArguments:
     no_wandb: bool = field(default=False, metadata={"help": "Do not log to W&B (also: WANDB_MODE=disabled)"})
     seed: int = field(default=42, metadata={"help": "Random seed (weights, dropout, data order, dynamic masks)"})
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed launcher; torchrun uses LOCAL_RANK"})
+    ddp_timeout: int = field(
+        default=1800,
+        metadata={"help": "Seconds a rank waits in a collective (all-reduce, barrier) for the other ranks: a rank that "
+                          "died or hangs stops the run with an error after this long instead of hanging it"},
+    )
     train_batch_size: int = field(
         default=4096, metadata={"help": "Sequences per optimizer step over all ranks (micro batch x ranks x accumulation)"}
     )
@@ -405,6 +410,7 @@ class PretrainingArguments:
                       "--validation_begin_proportion and --validation_end_proportion must be in [0, 1]")
         check.require(self.validation_micro_batch > 0, "--validation_micro_batch must be > 0")
         check.require(self.scale_cnt_limit > 0, "--scale_cnt_limit must be > 0")
+        check.require(self.ddp_timeout > 0, "--ddp_timeout must be > 0 seconds")
         try:
             markers = self.time_markers
         except ValueError:

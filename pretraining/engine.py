@@ -19,9 +19,11 @@ is always set from ``--gradient_clipping`` (0 = off) for both engines, so they a
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +84,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def setup_distributed(use_deepspeed: bool, local_rank: int = -1) -> DistInfo:
+def setup_distributed(use_deepspeed: bool, local_rank: int = -1, timeout_s: float = 1800) -> DistInfo:
     """Initialise the process group the engine needs and pick the device.
 
     torchrun and the deepspeed launcher set RANK/WORLD_SIZE/LOCAL_RANK. DeepSpeed needs
     a process group even for one process: when those variables are absent, this sets
     them for a single local process (MASTER_ADDR=127.0.0.1 and a free MASTER_PORT)
-    in ``os.environ``, which is where torch.distributed reads them.
+    in ``os.environ``, which is where torch.distributed reads them. A collective waits
+    at most ``timeout_s`` for the other ranks (``--ddp_timeout``).
     """
+    timeout = datetime.timedelta(seconds=timeout_s)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", max(local_rank, 0)))
     if torch.cuda.is_available():
@@ -103,12 +107,28 @@ def setup_distributed(use_deepspeed: bool, local_rank: int = -1) -> DistInfo:
             os.environ.setdefault("MASTER_PORT", str(free_port()))
         import deepspeed
 
-        deepspeed.init_distributed(verbose=False)
+        deepspeed.init_distributed(verbose=False, timeout=timeout)
     elif world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local, device)
     return DistInfo(0, 1, local, device)
+
+
+#: how gloo reports a rank that died (its socket closed) or hangs (the timeout); NCCL raises a DistError
+PEER_FAILURES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out")
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """When ``exc`` says that another rank of this multi-process run died or stopped responding: why, in brief."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    text = str(exc)
+    if not (isinstance(exc, getattr(dist, "DistError", ())) or
+            isinstance(exc, RuntimeError) and any(words in text for words in PEER_FAILURES)):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+    return first.split(". ")[0]
 
 
 def check_precision_supported(precision: str) -> str | None:

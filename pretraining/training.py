@@ -262,7 +262,7 @@ class Pretraining:
         self.config, self.clock = config, clock
         self.wall_start = time.monotonic()
         run, data = config.run, config.data
-        self.dist = setup_distributed(config.engine.deepspeed, run.local_rank)
+        self.dist = setup_distributed(config.engine.deepspeed, run.local_rank, timeout_s=run.ddp_timeout)
         grad_accum, notices = check_arguments(config, self.dist.world_size)
         self.run_dir = Path(run.output_dir) / run.job_name
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -577,5 +577,22 @@ class Pretraining:
 
 
 def pretrain(config: PretrainingConfig, clock: Callable[[], float] = time.monotonic, stream=None) -> RunResult:
-    """Run pretraining as configured (see the module docstring); ``clock`` is injectable for tests."""
-    return Pretraining(config, clock=clock, stream=stream).run()
+    """Run pretraining as configured (see the module docstring); ``clock`` is injectable for tests.
+
+    In a multi-process run, losing another rank (it died, or hung past ``--ddp_timeout``)
+    is a UserError on the ranks left, instead of a traceback or a hang.
+    """
+    from pretraining.engine import lost_peer
+
+    try:
+        return Pretraining(config, clock=clock, stream=stream).run()
+    except RuntimeError as exc:
+        why = lost_peer(exc)
+        if why is None:
+            raise
+        run = config.run
+        raise UserError(
+            f"rank {torch.distributed.get_rank()} of {torch.distributed.get_world_size()} lost contact with another rank ({why}): a rank died or "
+            f"did not answer within --ddp_timeout {run.ddp_timeout} s; its own output names the cause. This rank "
+            f"stopped; resume with --load_training_checkpoint {Path(run.output_dir) / run.job_name} once every rank "
+            "can run") from None
