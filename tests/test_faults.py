@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -358,3 +359,49 @@ def test_fp16_overflows_are_skipped_counted_and_stop_after_scale_cnt_limit(pretr
         [(1, 0, 65536), (2, 0, 65536), (3, 0, 65536), (4, 1, 32768), (5, 2, 16384), (6, 3, 8192)]
     assert "| 3 updates skipped (fp16 overflow)" in out
     assert not (result.run_dir / "checkpoints").exists() and not (result.run_dir / "pretrained").exists()
+
+
+# --- two processes, one rank lost -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_when_one_rank_dies_or_hangs_the_other_stops_with_a_clear_error(fault, tiny_shards, tmp_path):
+    """Two ranks started as a multi-node launcher would (no torchrun agent to clean up): rank 1 is killed, or
+    frozen, mid-training; rank 0 must exit with one clear error, within --ddp_timeout for a frozen peer."""
+    from pretraining.engine import free_port
+    from tests.conftest import TINY_PRETRAIN_FLAGS
+
+    timeout_s = 10
+    flags = ["--dataset_path", str(tiny_shards), "--output_dir", str(tmp_path / "runs"), "--job_name", "ddp",
+             *TINY_PRETRAIN_FLAGS, "--train_micro_batch_size_per_gpu", "4", "--max_steps", "1000",
+             "--data_loader_type", "dist", "--ddp_timeout", str(timeout_s)]
+    metrics = tmp_path / "runs" / "ddp" / "metrics.jsonl"
+    port, ranks = str(free_port()), []
+    try:
+        for rank in range(2):
+            env = {**os.environ, **PYTHON_ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            ranks.append(subprocess.Popen([sys.executable, "run_pretraining.py", *flags], cwd=ROOT, env=env,
+                                          stdout=open(tmp_path / f"rank{rank}.out", "w"), stderr=subprocess.PIPE,
+                                          text=True))
+        deadline = time.monotonic() + 180
+        while not (metrics.is_file() and '"step": 2,' in metrics.read_text()) and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in ranks), "a rank ended before the fault"
+            time.sleep(0.01)
+        ranks[1].send_signal(getattr(signal, fault))
+        lost = time.monotonic()
+        _, err = ranks[0].communicate(timeout=timeout_s + 60)
+        waited = time.monotonic() - lost
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert ranks[0].returncode == 2, err[-3000:]
+    assert "Traceback" not in err and err.count("error: ") == 1, err[-3000:]
+    cause = r"[^)]*Connection (closed|reset) by peer" if fault == "SIGKILL" else "Timed out"
+    assert re.search(rf"error: rank 0 of 2 lost contact with another rank \({cause}", err), err
+    assert f"--load_training_checkpoint {tmp_path / 'runs' / 'ddp'}" in err
+    if fault == "SIGSTOP":
+        assert timeout_s - 1 <= waited <= timeout_s + 45
