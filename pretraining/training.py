@@ -40,6 +40,7 @@ and ``skipped_steps``, the updates the loss scaler skipped so far; eval lines; o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -176,6 +177,26 @@ def check_vocab(dataset_path: str, manifest: dict | None, tokenizer, model_vocab
             "prepare the shards with a tokenizer that fits")
 
 
+def check_shards(paths: list[Path], max_positions: int) -> None:
+    """Check every shard's schema before training (metadata only: a bad shard fails the start, not epoch 500).
+
+    All shards must share one sequence length, within the model's position embeddings.
+    """
+    from pretraining.data.shards import check_shard
+
+    lengths = {path: check_shard(path)["seq_length"] for path in paths}
+    distinct = sorted(set(lengths.values()))
+    if len(distinct) > 1:
+        examples = ", ".join(f"{next(p.name for p, n in lengths.items() if n == length)}: {length}"
+                             for length in distinct)
+        raise UserError(f"the shards have different sequence lengths ({examples}): they come from different "
+                        "preparations; keep one prepare_dataset.py output per --dataset_path")
+    if distinct and distinct[0] > max_positions:
+        raise UserError(f"the shards hold sequences of {distinct[0]} tokens, more than the model's "
+                        f"--max_position_embeddings {max_positions}: set --max_position_embeddings {distinct[0]} or "
+                        f"more, or prepare the shards with --max_seq_length {max_positions} or less")
+
+
 class TrainingTimer:
     """Training time: seconds since start (plus an offset from a checkpoint) minus paused spans."""
 
@@ -274,7 +295,6 @@ class Pretraining:
         self.train_shards = list_shards(data.dataset_path, "train")
         self.test_shards = list_shards(data.dataset_path, "test") if run.do_validation else []
         self.manifest = read_manifest(data.dataset_path)
-        self.read_shard = read_shard
         self.tokenizer = load_tokenizer(config.model.tokenizer_name, self.manifest)
         self.nsp = config.model.model_type == "bert-mlm-nsp"
         self.inputs = MODEL_INPUTS + (("next_sentence_label",) if self.nsp else ())
@@ -286,6 +306,8 @@ class Pretraining:
         set_seeds(run.seed)
         model = build_model(config.model).to(self.dist.device)
         check_vocab(data.dataset_path, self.manifest, self.tokenizer, model.config.vocab_size)
+        check_shards(self.train_shards + self.test_shards, model.config.max_position_embeddings)
+        self.read_shard = functools.partial(read_shard, vocab_size=model.config.vocab_size)
         self.compatibility = config.compatibility(model.config)
         if config.model.model_name_or_path:
             notices.append(f"--model_name_or_path: the architecture comes from {config.model.model_name_or_path} "
@@ -298,7 +320,7 @@ class Pretraining:
                                    micro_batch=run.train_micro_batch_size_per_gpu, grad_accum=grad_accum)
         torch.manual_seed(run.seed + self.dist.rank)  # dropout differs across ranks
         self.loader = ShardLoader(
-            self.train_shards, read=read_shard, collate=self.collate, micro_batch=self.engine.micro_batch,
+            self.train_shards, read=self.read_shard, collate=self.collate, micro_batch=self.engine.micro_batch,
             grad_accum=self.engine.grad_accum, rank=self.dist.rank, world_size=self.dist.world_size,
             loader_type=data.data_loader_type, seed=run.seed, max_steps_per_epoch=run.max_steps_per_epoch,
             prefetch=data.async_worker)

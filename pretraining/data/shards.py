@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -91,26 +92,54 @@ def _check_shapes(path: Path, arrays: dict) -> None:
         raise UserError(f"{path} has a wrong schema: {'; '.join(problems)}")
 
 
-def read_shard(path) -> dict[str, np.ndarray]:
-    """Load a whole shard into memory, validated, with the DESIGN.md dtypes.
-
-    Integer arrays of another width (some older shards) are converted. A missing,
-    truncated, corrupt or wrong-schema file raises a UserError naming the file.
-    """
+@contextmanager
+def _open_shard(path: Path) -> Iterator[dict]:
+    """The shard's datasets by key; an unreadable file or a failed read inside the block is a UserError."""
     import h5py
 
-    path = Path(path)
     try:
         with h5py.File(path, "r") as f:
             unknown = sorted(set(f.keys()) - set(SCHEMA))
             if unknown:
                 raise UserError(f"{path} has unexpected keys {unknown}; expected a subset of {list(SCHEMA)}")
-            arrays = {key: f[key][()] for key in SCHEMA if key in f}
+            yield {key: f[key] for key in SCHEMA if key in f}
     except UserError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"cannot read shard {path}: {exc} (truncated or corrupt file? rerun prepare_dataset.py)") from None
+
+
+def check_shard(path) -> dict[str, int]:
+    """Validate a shard's schema from its metadata alone (no data is read): ``{"samples": N, "seq_length": L}``.
+
+    Fast enough to check every shard before training starts; a missing, truncated,
+    unreadable or wrong-schema file raises a UserError naming the file.
+    """
+    path = Path(path)
+    with _open_shard(path) as datasets:
+        _check_shapes(path, datasets)
+        rows, length = datasets["input_ids"].shape
+    return {"samples": int(rows), "seq_length": int(length)}
+
+
+def read_shard(path, vocab_size: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Load a whole shard into memory, validated, with the DESIGN.md dtypes.
+
+    Integer arrays of another width (some older shards) are converted. A missing,
+    truncated, corrupt or wrong-schema file raises a UserError naming the file, and so
+    does (given ``vocab_size``) a token id the model's embedding does not have.
+    """
+    path = Path(path)
+    with _open_shard(path) as datasets:
+        arrays = {key: dataset[()] for key, dataset in datasets.items()}
     _check_shapes(path, arrays)
+    if vocab_size is not None:
+        ids = [arrays[key] for key in ("input_ids", "masked_lm_ids") if key in arrays and arrays[key].size]
+        highest = max((int(a.max()) for a in ids), default=0)
+        if highest >= vocab_size:
+            raise UserError(f"{path} holds token id {highest}, outside the model's vocabulary of {vocab_size}: the "
+                            "shards were made with a larger tokenizer; prepare them with the model's tokenizer, or "
+                            f"set --vocab_size {highest + 1} or more (with that tokenizer as --tokenizer_name)")
     return {key: array.astype(SCHEMA[key][0], copy=False) for key, array in arrays.items()}
 
 
