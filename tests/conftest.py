@@ -129,3 +129,22 @@ def deepspeed_ready():
 
 
 # --- glue section -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory, bert_tokenizer) -> dict:
+    """Tiny pretrained exports of this project's BERT (2 layers, hidden 64, the real
+    30,522-token vocab, masked LM only), keyed by encoder_ln_mode: "pre-ln", "post-ln"."""
+    import torch
+
+    from pretraining.modeling import BertConfig, BertForPreTraining, export_pretrained
+
+    exports = {}
+    for mode in ("pre-ln", "post-ln"):
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=len(bert_tokenizer), hidden_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=128, max_position_embeddings=128,
+                            encoder_ln_mode=mode, next_sentence_prediction=False, vocab_pad_multiple=8)
+        exports[mode] = export_pretrained(BertForPreTraining(config), bert_tokenizer,
+                                          tmp_path_factory.mktemp(f"export-{mode}") / "pretrained")
+    return exports

@@ -1,0 +1,287 @@
+"""run_glue.py's arguments and the fine-tuning run itself (Hugging Face Trainer).
+
+Three argument groups, parsed with :func:`pretraining.cli.parse_args`:
+:class:`GlueModelArguments`, :class:`GlueDataArguments` and
+:class:`GlueTrainingArguments` (transformers' ``TrainingArguments`` plus the seed's
+``--evaluation_strategy``, ``--warmup_ratio``, ``--overwrite_output_dir`` and
+``--early_stopping_patience``). :func:`finetune` trains, evaluates, predicts and writes
+``train_results.json``, ``eval_results.json``, ``all_results.json`` and
+``predict_results_<task>.tsv`` into ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from transformers import TrainingArguments
+
+from pretraining import glue
+from pretraining.atomic import write_text_atomic
+from pretraining.cli import ArgumentChecker
+from pretraining.errors import UserError
+
+logger = logging.getLogger("run_glue")
+
+
+@dataclass
+class GlueModelArguments:
+    """Which checkpoint to fine-tune, and an optional teacher to distil from."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Checkpoint folder (a Hugging Face BERT, or a pretraining run's pretrained/ export) "
+                          "or Hub model name"})
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub name; default: the one saved with the model"})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for Hub downloads"})
+    teacher_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "A model already fine-tuned on this task to distil from (same tokenizer)"})
+    distill_alpha: float = field(
+        default=0.5, metadata={"help": "Distillation: weight of the hard-label loss; 1 - alpha weighs the teacher's"})
+    distill_temperature: float = field(
+        default=2.0, metadata={"help": "Distillation: softmax temperature T of teacher and student (loss scaled by T^2)"})
+
+
+@dataclass
+class GlueDataArguments:
+    """Which task and data, and how to tokenise it."""
+
+    task_name: Optional[str] = field(
+        default=None,
+        metadata={"help": f"GLUE task ({', '.join(glue.GLUE_TASKS)}; from the Hub unless files are given) or "
+                          "rotten_tomatoes (offline, packaged); leave out for a local task from --train_file"})
+    dataset_name: str = field(
+        default=glue.GLUE_HUB_DATASET, metadata={"help": "Hub dataset holding the GLUE tasks"})
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "Training data: csv, tsv (GLUE's own TSVs too), json or jsonl"})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "Validation data (same formats)"})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Test data for --do_predict (labels not needed)"})
+    text_columns: Optional[str] = field(
+        default=None, metadata={"help": "Text column(s) of local files, comma-separated: 'sentence' or "
+                                        "'question1,question2'; default sentence1,sentence2 / sentence / text"})
+    text_column: Optional[str] = field(default=None, metadata={"help": "Alias of --text_columns for one column"})
+    label_column: Optional[str] = field(
+        default=None, metadata={"help": "Label column of local files (default: label, or the GLUE TSV's own)"})
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Truncate inputs (both sentences together) to this many tokens"})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every input to --max_seq_length instead of to the longest in the "
+                                         "batch (slower; the seed's default)"})
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Train on a fixed-seed random subset of this many examples"})
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Evaluate on a fixed-seed random subset of this many examples"})
+    max_predict_samples: Optional[int] = field(
+        default=None, metadata={"help": "Predict only the first this many test examples"})
+
+    @property
+    def text_column_list(self) -> Optional[list[str]]:
+        names = self.text_columns or self.text_column
+        return [c.strip() for c in names.split(",") if c.strip()] if names else None
+
+    def validate(self, check: ArgumentChecker) -> None:
+        """Gather argument errors into ``check``."""
+        if self.task_name is not None:
+            check.require(self.task_name.lower().replace("-", "") in glue.TASKS,
+                          f"--task_name {self.task_name!r} is not one of: {', '.join(glue.TASKS)}")
+        else:
+            check.require(bool(self.train_file or self.validation_file),
+                          "give --task_name or local files (--train_file/--validation_file)")
+        columns = self.text_column_list
+        check.require(columns is None or 1 <= len(columns) <= 2, "--text_columns takes one or two column names")
+        check.require(self.max_seq_length > 0, "--max_seq_length must be > 0")
+        for flag in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            value = getattr(self, flag)
+            check.require(value is None or value > 0, f"--{flag} must be > 0 (got {value})")
+
+
+@dataclass
+class GlueTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments plus the names academic-budget-bert's recipes use."""
+
+    evaluation_strategy: Optional[str] = field(
+        default=None, metadata={"help": "Alias of --eval_strategy (no, steps, epoch), as in the seed's commands"})
+    warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "Warm up over this fraction of the steps (used when --warmup_steps is 0)"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh even if --output_dir holds checkpoints (default: resume "
+                                         "from the last one)"})
+    early_stopping_patience: int = field(
+        default=-1, metadata={"help": "Stop after this many evaluations without improving the task's main metric "
+                                      "and keep the best model (-1 = off)"})
+
+    def __post_init__(self):
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None and not self.warmup_steps:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise ValueError(f"--warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+            self.warmup_steps = self.warmup_ratio
+        if self.early_stopping_patience > 0:
+            if str(getattr(self.eval_strategy, "value", self.eval_strategy)) == "no":
+                raise ValueError("--early_stopping_patience needs --eval_strategy steps or epoch")
+            self.load_best_model_at_end = True
+            self.save_strategy = self.eval_strategy
+            self.eval_steps = self.eval_steps or self.logging_steps
+            self.save_steps = self.eval_steps
+        super().__post_init__()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write atomically: a crash never leaves a half-written results file."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_data(data_args: GlueDataArguments, cache_dir: Optional[str] = None) -> glue.TaskData:
+    """The task's splits: rotten_tomatoes (packaged) or a GLUE task from the Hub, with any of
+    --train_file/--validation_file/--test_file replacing that split; a local task without a name."""
+    task = glue.get_task(data_args.task_name) if data_args.task_name else None
+    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    local = glue.load_local_files(files, task, data_args.text_column_list, data_args.label_column) \
+        if any(files.values()) else None
+    if task is not None and task.name == "rotten_tomatoes":
+        base = glue.load_rotten_tomatoes()
+    elif task is not None and local is None:
+        base = glue.load_hub_task(task, data_args.dataset_name, cache_dir)
+    else:
+        return local
+    if local is None:
+        return base
+    return dataclasses.replace(base, train=local.train or base.train, evals=local.evals or base.evals,
+                               tests=local.tests or base.tests)
+
+
+def _subsets(data: glue.TaskData, data_args: GlueDataArguments) -> glue.TaskData:
+    return dataclasses.replace(
+        data,
+        train=None if data.train is None else glue.subset(data.train, data_args.max_train_samples),
+        evals={k: glue.subset(v, data_args.max_eval_samples) for k, v in data.evals.items()},
+        tests={k: glue.subset(v, data_args.max_predict_samples, shuffle=False) for k, v in data.tests.items()},
+    )
+
+
+def _check_splits(data: glue.TaskData, args: GlueTrainingArguments) -> None:
+    check = ArgumentChecker()
+    name = data.task.name
+    check.require(not args.do_train or data.train is not None, f"--do_train: task {name} has no training data; "
+                                                               "pass --train_file")
+    check.require(not args.do_eval or bool(data.evals), f"--do_eval: task {name} has no validation data; "
+                                                        "pass --validation_file")
+    check.require(not args.do_predict or bool(data.tests), f"--do_predict: task {name} has no test data; "
+                                                           "pass --test_file")
+    check.raise_if_any()
+
+
+def _load_teacher(model_args: GlueModelArguments, task: glue.TaskSpec, tokenizer, max_seq_length: int):
+    teacher, missing = glue.load_model_for_task(model_args.teacher_model_name_or_path, task.num_labels,
+                                                _problem_type(task), task.label_names, model_args.cache_dir)
+    if any("classifier" in key for key in missing):
+        raise UserError(f"the teacher {model_args.teacher_model_name_or_path} has no fine-tuned classification "
+                        "head: fine-tune it on this task with run_glue.py first")
+    glue.check_model_fits(teacher.config, tokenizer, max_seq_length, "the teacher")
+    return teacher
+
+
+def _problem_type(task: glue.TaskSpec) -> str:
+    return "regression" if task.is_regression else "single_label_classification"
+
+
+def _resume_checkpoint(args: GlueTrainingArguments) -> Optional[str]:
+    if args.resume_from_checkpoint or args.overwrite_output_dir or not os.path.isdir(args.output_dir):
+        return args.resume_from_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(args.output_dir)
+    if last:
+        logger.info("resuming from %s (pass --overwrite_output_dir to start afresh)", last)
+    return last
+
+
+def build_trainer(model, tokenizer, data: glue.TaskData, model_args: GlueModelArguments,
+                  data_args: GlueDataArguments, training_args: GlueTrainingArguments, teacher=None):
+    """A Trainer (a DistillationTrainer when ``teacher`` is given) for tokenised ``data``."""
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, default_data_collator
+
+    from pretraining.distillation import DistillationTrainer
+
+    if data_args.pad_to_max_length:
+        collator = default_data_collator
+    else:
+        multiple = 8 if (training_args.fp16 or training_args.bf16) else None
+        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+    callbacks = []
+    if training_args.early_stopping_patience > 0:
+        training_args.metric_for_best_model = data.task.main_metric
+        training_args.greater_is_better = data.task.main_metric != "mse"
+        callbacks.append(EarlyStoppingCallback(training_args.early_stopping_patience))
+    kwargs = dict(model=model, args=training_args, train_dataset=data.train,
+                  eval_dataset=data.evals.get(""), processing_class=tokenizer, data_collator=collator,
+                  compute_metrics=glue.metrics_function(data.task), callbacks=callbacks)
+    if teacher is None:
+        return Trainer(**kwargs)
+    return DistillationTrainer(**kwargs, teacher_model=teacher, alpha=model_args.distill_alpha,
+                               temperature=model_args.distill_temperature)
+
+
+def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
+             training_args: GlueTrainingArguments) -> dict:
+    """Fine-tune (``--do_train``), evaluate (``--do_eval``) and predict (``--do_predict``).
+
+    Returns the ``all_results.json`` dict: ``task_name``, train metrics (``train_loss``,
+    ``train_runtime``, ``train_samples``, ``epoch``...), eval metrics (``eval_loss``,
+    ``eval_<metric>``, ``eval_samples``; MNLI's mismatched ones suffixed ``_mm``).
+    """
+    from transformers import set_seed
+
+    check = ArgumentChecker()
+    data_args.validate(check)
+    check.raise_if_any()
+    set_seed(training_args.seed)
+    data = _subsets(load_data(data_args, model_args.cache_dir), data_args)
+    _check_splits(data, training_args)
+    task = data.task
+    model, missing = glue.load_model_for_task(model_args.model_name_or_path, task.num_labels, _problem_type(task),
+                                              task.label_names, model_args.cache_dir)
+    tokenizer = glue.load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
+    glue.check_model_fits(model.config, tokenizer, data_args.max_seq_length, model_args.model_name_or_path)
+    if missing:
+        logger.info("newly initialised weights (task head): %s", ", ".join(missing))
+    teacher = None
+    if model_args.teacher_model_name_or_path:
+        teacher = _load_teacher(model_args, task, tokenizer, data_args.max_seq_length)
+    data = glue.tokenize_splits(data, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length)
+    trainer = build_trainer(model, tokenizer, data, model_args, data_args, training_args, teacher)
+
+    output_dir = Path(training_args.output_dir)
+    results: dict = {"task_name": task.name}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+        trainer.save_model()
+        train_metrics = {**train_result.metrics, "train_samples": len(data.train)}
+        results.update(train_metrics)
+        if trainer.is_world_process_zero():
+            _write_json(output_dir / "train_results.json", train_metrics)
+            trainer.save_state()
+    if training_args.do_eval:
+        eval_metrics = {}
+        for suffix, dataset in data.evals.items():
+            metrics = {**trainer.evaluate(eval_dataset=dataset), "eval_samples": len(dataset)}
+            eval_metrics.update({f"{key}{suffix}" if key != "epoch" else key: value for key, value in metrics.items()})
+        results.update(eval_metrics)
+        if trainer.is_world_process_zero():
+            _write_json(output_dir / "eval_results.json", eval_metrics)
+    if training_args.do_predict:
+        for tag, dataset in data.tests.items():
+            dataset = dataset.remove_columns([c for c in ("label",) if c in dataset.column_names])
+            predictions = trainer.predict(dataset).predictions
+            if trainer.is_world_process_zero():
+                glue.write_predictions(output_dir / f"predict_results_{tag}.tsv", task, predictions)
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(output_dir / "all_results.json", results)
+    return results

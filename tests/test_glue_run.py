@@ -1,0 +1,163 @@
+"""run_glue.py end to end on real data: MiniLM learns rotten_tomatoes, tiny project exports
+(pre-ln and post-ln) fine-tune, sentence pairs (MRPC-shaped TSV), regression, predictions,
+distillation through the CLI, finetune.sh, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import run_glue
+from pretraining import glue
+from pretraining.resources import pang_lee_polarity
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small and quick: a few dozen steps of a 2-layer model.
+TINY = ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--num_train_epochs", "1",
+        "--learning_rate", "1e-3", "--max_seq_length", "32", "--save_strategy", "no", "--disable_tqdm", "true",
+        "--report_to", "none", "--seed", "0"]
+
+
+def _run(*argv) -> dict:
+    return run_glue.main([str(a) for a in argv])
+
+
+def _polarity_sentences() -> list[tuple[str, int]]:
+    lines = pang_lee_polarity().read_bytes().decode("latin-1").splitlines()
+    return [(line.split(" ", 1)[1].strip(), int(line.startswith("__label__pos"))) for line in lines if line.strip()]
+
+
+def test_minilm_beats_majority_on_rotten_tomatoes(minilm_dir, tmp_path):
+    results = _run("--model_name_or_path", minilm_dir, "--task_name", "rotten_tomatoes", "--output_dir", tmp_path,
+                   "--do_train", "--do_eval", "--max_train_samples", 320, "--max_eval_samples", 200,
+                   "--max_seq_length", 64, "--per_device_train_batch_size", 16, "--learning_rate", 2e-4,
+                   "--num_train_epochs", 2, "--save_strategy", "no", "--disable_tqdm", "true", "--seed", 42)
+    labels = np.array(glue.subset(glue.load_rotten_tomatoes().evals[""], 200)["label"])
+    majority = max(labels.mean(), 1 - labels.mean())
+    assert results["eval_accuracy"] > majority + 0.05, (results["eval_accuracy"], majority)
+    assert results["eval_loss"] < math.log(2)
+    on_disk = json.loads((tmp_path / "all_results.json").read_text())
+    assert on_disk == pytest.approx(results)
+    for key in ("task_name", "eval_loss", "eval_accuracy", "eval_f1", "train_loss", "train_runtime", "epoch",
+                "train_samples", "eval_samples"):
+        assert key in on_disk, key
+    assert on_disk["train_samples"] == 320 and on_disk["eval_samples"] == 200 and on_disk["epoch"] == 2
+    assert json.loads((tmp_path / "eval_results.json").read_text())["eval_accuracy"] == results["eval_accuracy"]
+
+
+@pytest.mark.parametrize("mode", ["pre-ln", "post-ln"])
+def test_tiny_export_finetunes_end_to_end(tiny_exports, tmp_path, mode):
+    test_file = tmp_path / "test.csv"
+    test_file.write_text("text\nan utterly charming film\n\"a tedious, joyless slog\"\nfine\n")
+    out = tmp_path / "out"
+    results = _run("--model_name_or_path", tiny_exports[mode], "--task_name", "rotten_tomatoes", "--output_dir", out,
+                   "--do_train", "--do_eval", "--do_predict", "--test_file", test_file, "--text_columns", "text",
+                   "--max_train_samples", 96, "--max_eval_samples", 48, *TINY)
+    assert results["task_name"] == "rotten_tomatoes" and math.isfinite(results["train_loss"])
+    assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["train_samples"] == 96
+    lines = (out / "predict_results_rotten_tomatoes.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 4
+    assert {line.split("\t")[1] for line in lines[1:]} <= {"rotten", "fresh"}
+    model, missing = glue.load_model_for_task(str(out), 2, "single_label_classification")
+    assert not missing and model.config.encoder_ln_mode == mode
+    assert model.config.id2label == {0: "rotten", 1: "fresh"}
+
+
+def _mrpc_tsv(path: Path, pairs, header="Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"):
+    rows = [header] + [f"{label}\t{i}\t{i + 1000}\t{a}\t{b}" for i, (a, b, label) in enumerate(pairs)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_sentence_pairs_from_mrpc_shaped_tsv(tiny_exports, bert_tokenizer, tmp_path):
+    sentences = [s for s, _ in _polarity_sentences()]
+    rng = np.random.default_rng(0)
+    pairs = [(s, s, 1) if i % 2 else (s, sentences[(i * 7 + 3) % len(sentences)], 0) for i, s in enumerate(sentences)]
+    rng.shuffle(pairs)
+    _mrpc_tsv(tmp_path / "train.tsv", pairs[:120])
+    _mrpc_tsv(tmp_path / "dev.tsv", pairs[120:170])
+    _mrpc_tsv(tmp_path / "test.tsv", pairs[170:180], header="index\t#1 ID\t#2 ID\t#1 String\t#2 String")
+    data = glue.load_local_files({"train": tmp_path / "train.tsv"}, glue.TASKS["mrpc"])
+    encoded = glue.tokenize_splits(data, bert_tokenizer, 32).train[0]
+    sep = bert_tokenizer.sep_token_id
+    first_sep = encoded["input_ids"].index(sep)
+    assert encoded["token_type_ids"][:first_sep + 1] == [0] * (first_sep + 1)
+    assert set(encoded["token_type_ids"][first_sep + 1:]) == {1} and encoded["input_ids"][-1] == sep
+
+    out = tmp_path / "out"
+    results = _run("--model_name_or_path", tiny_exports["post-ln"], "--task_name", "mrpc", "--output_dir", out,
+                   "--train_file", tmp_path / "train.tsv", "--validation_file", tmp_path / "dev.tsv",
+                   "--test_file", tmp_path / "test.tsv", "--do_train", "--do_eval", "--do_predict", *TINY)
+    assert {"eval_accuracy", "eval_f1", "eval_combined_score"} <= results.keys()
+    assert results["train_samples"] == 120 and results["eval_samples"] == 50
+    lines = (out / "predict_results_mrpc.tsv").read_text().splitlines()
+    assert len(lines) == 11 and {line.split("\t")[1] for line in lines[1:]} <= {"0", "1"}
+
+
+def test_regression_local_task(tiny_exports, tmp_path):
+    rows = [(s, float(len(s.split()) % 5) + 0.5) for s, _ in _polarity_sentences()[:80]]
+    frame = pd.DataFrame({"sentence1": [s for s, _ in rows], "sentence2": [s[::-1] for s, _ in rows],
+                          "score": [y for _, y in rows]})
+    frame.to_csv(tmp_path / "sts.csv", index=False)
+    results = _run("--model_name_or_path", tiny_exports["pre-ln"], "--train_file", tmp_path / "sts.csv",
+                   "--validation_file", tmp_path / "sts.csv", "--label_column", "score", "--output_dir",
+                   tmp_path / "out", "--do_train", "--do_eval", *TINY)
+    assert results["task_name"] == "local"
+    assert {"eval_pearson", "eval_spearmanr", "eval_mse"} <= results.keys()
+    assert -1.0 <= results["eval_pearson"] <= 1.0 and results["eval_mse"] >= 0.0
+
+
+def test_distillation_through_the_cli(tiny_exports, tmp_path):
+    common = ["--task_name", "rotten_tomatoes", "--do_train", "--do_eval", "--max_train_samples", 64,
+              "--max_eval_samples", 32, *TINY]
+    _run("--model_name_or_path", tiny_exports["post-ln"], "--output_dir", tmp_path / "teacher", *common)
+    results = _run("--model_name_or_path", tiny_exports["pre-ln"], "--output_dir", tmp_path / "student",
+                   "--teacher_model_name_or_path", tmp_path / "teacher", "--distill_alpha", 0.5,
+                   "--distill_temperature", 2.0, *common)
+    assert math.isfinite(results["train_loss"]) and "eval_accuracy" in results
+
+
+def test_clear_errors(tiny_exports, minilm_dir, tmp_path, capsys):
+    from pretraining.modeling import BertConfig, BertForSequenceClassification
+
+    small = tmp_path / "small-vocab"
+    BertForSequenceClassification(BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64)).save_pretrained(small)
+    cases = [
+        (["--model_name_or_path", small, "--tokenizer_name", minilm_dir, "--task_name", "rotten_tomatoes"],
+         "30522 tokens but"),
+        (["--model_name_or_path", tiny_exports["pre-ln"], "--task_name", "rotten_tomatoes",
+          "--teacher_model_name_or_path", tiny_exports["post-ln"]], "has no fine-tuned classification head"),
+        (["--model_name_or_path", tmp_path, "--task_name", "rotten_tomatoes"], "no config.json"),
+        (["--model_name_or_path", small, "--task_name", "rotten_tomatoes", "--do_predict"], "--do_predict: task "
+                                                                                           "rotten_tomatoes has no test"),
+        (["--model_name_or_path", small, "--task_name", "squad", "--max_seq_length", "0"], "invalid arguments (2)"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            _run(*argv, "--output_dir", tmp_path / "out", "--do_train", "--max_train_samples", 8, "--report_to",
+                 "none")
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert "Traceback" not in err
+
+
+def test_finetune_sh_runs_and_prints_a_table(tiny_exports, tmp_path):
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "ft"), "EPOCHS": "1", "EVAL_STEPS": "1000", "MAX_SEQ_LENGTH": "32",
+           "BATCH_SIZE": "16", "WARMUP_STEPS": "0", "LR": "1e-3"}
+    proc = subprocess.run(["bash", str(ROOT / "shell" / "finetune.sh"), str(tiny_exports["post-ln"]), "rotten_tomatoes",
+                           "--max_train_samples", "32", "--max_eval_samples", "16", "--disable_tqdm", "true"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "ft" / "rotten_tomatoes" / "all_results.json").read_text())
+    assert results["train_samples"] == 32 and results["epoch"] == 1
+    assert "| rotten_tomatoes | accuracy " in proc.stdout
+    args = json.loads((tmp_path / "ft" / "rotten_tomatoes" / "train_results.json").read_text())
+    assert args["train_samples"] == 32

@@ -1,0 +1,300 @@
+"""GLUE task table, metrics, data loading (local files, GLUE TSVs, rotten_tomatoes) and arguments.
+
+No training here: these run in a second or two.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pretraining import glue
+from pretraining.errors import UserError
+
+
+# --- metrics -----------------------------------------------------------------------
+
+def _ref_f1(preds, labels):
+    tp = np.sum((preds == 1) & (labels == 1))
+    fp = np.sum((preds == 1) & (labels == 0))
+    fn = np.sum((preds == 0) & (labels == 1))
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def _ref_mcc(preds, labels):
+    tp = np.sum((preds == 1) & (labels == 1))
+    tn = np.sum((preds == 0) & (labels == 0))
+    fp = np.sum((preds == 1) & (labels == 0))
+    fn = np.sum((preds == 0) & (labels == 1))
+    return (tp * tn - fp * fn) / np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+
+
+def _ranks(x):
+    return np.argsort(np.argsort(x)).astype(float)
+
+
+REFERENCES = {
+    "accuracy": lambda p, y: np.mean(p == y),
+    "f1": _ref_f1,
+    "matthews_correlation": _ref_mcc,
+    "pearson": lambda p, y: np.corrcoef(p, y)[0, 1],
+    "spearmanr": lambda p, y: np.corrcoef(_ranks(p), _ranks(y))[0, 1],
+    "mse": lambda p, y: np.mean((p - y) ** 2),
+}
+
+
+@pytest.mark.parametrize("name", list(glue.TASKS))
+def test_every_task_builds_its_metrics(name):
+    task = glue.TASKS[name]
+    rng = np.random.default_rng(1)
+    if task.is_regression:
+        labels = rng.uniform(0, 5, 64)
+        logits = (labels + rng.normal(0, 1.0, 64))[:, None]
+        preds = logits[:, 0]
+    else:
+        labels = rng.integers(0, task.num_labels, 64)
+        logits = rng.normal(size=(64, task.num_labels))
+        logits[np.arange(64), labels] += rng.uniform(0, 1.5, 64)  # better than chance, not perfect
+        preds = logits.argmax(-1)
+    result = glue.compute_metrics(task, logits, labels)
+    expected = {m: REFERENCES[m](preds, labels) for m in task.metrics}
+    if len(expected) > 1:
+        expected["combined_score"] = np.mean(list(expected.values()))
+    assert result.keys() == expected.keys()
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=1e-9), key
+    assert task.main_metric in task.metrics
+
+
+def test_metrics_by_hand():
+    # preds 1,1,0,0 vs labels 1,0,0,0: tp=1 fp=1 tn=2 fn=0
+    logits = np.array([[0.0, 1.0], [0.0, 2.0], [3.0, 0.0], [1.0, 0.0]])
+    result = glue.compute_metrics(glue.TASKS["mrpc"], logits, np.array([1, 0, 0, 0]))
+    assert result["accuracy"] == pytest.approx(0.75)
+    assert result["f1"] == pytest.approx(2 / 3)
+    assert result["combined_score"] == pytest.approx((0.75 + 2 / 3) / 2)
+    cola = glue.compute_metrics(glue.TASKS["cola"], logits, np.array([1, 0, 0, 0]))
+    assert cola["matthews_correlation"] == pytest.approx(2 / np.sqrt(12))
+    stsb = glue.compute_metrics(glue.TASKS["stsb"], np.array([[1.0], [2.0], [3.0]]), np.array([2.0, 4.0, 6.5]))
+    assert stsb["spearmanr"] == pytest.approx(1.0)
+    assert stsb["pearson"] == pytest.approx(np.corrcoef([1, 2, 3], [2, 4, 6.5])[0, 1])
+
+
+def test_task_table_shapes():
+    assert set(glue.GLUE_TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
+    assert glue.TASKS["stsb"].is_regression and glue.TASKS["stsb"].num_labels == 1
+    assert glue.TASKS["mnli"].num_labels == 3 and [s for s, _ in glue.TASKS["mnli"].evals] == ["", "_mm"]
+    assert glue.TASKS["mrpc"].pair and not glue.TASKS["sst2"].pair
+    assert glue.TASKS["mrpc"].main_metric == "f1" and glue.TASKS["cola"].main_metric == "matthews_correlation"
+    assert glue.get_task("MRPC") is glue.TASKS["mrpc"] and glue.get_task("SST-2") is glue.TASKS["sst2"]
+    with pytest.raises(UserError, match="valid: cola, sst2"):
+        glue.get_task("squad")
+
+
+# --- rotten_tomatoes -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rotten():
+    return glue.load_rotten_tomatoes()
+
+
+def test_rotten_tomatoes_split(rotten):
+    from pretraining.resources import rotten_tomatoes_csv
+
+    raw = pd.read_csv(rotten_tomatoes_csv())
+    reviews = raw[raw["category"] != "plot"].drop_duplicates("text")
+    train, validation = rotten.train, rotten.evals[""]
+    assert len(train) + len(validation) == len(reviews) and len(validation) == round(0.1 * len(reviews))
+    assert not set(train["sentence1"]) & set(validation["sentence1"])
+    texts = list(train["sentence1"]) + list(validation["sentence1"])
+    labels = list(train["label"]) + list(validation["label"])
+    assert np.mean(labels) == pytest.approx((reviews["category"] == "fresh").mean())
+    assert 0.55 < np.mean(labels) < 0.60  # majority class ~58%
+    by_text = dict(zip(texts, labels))
+    for text, category in reviews[["text", "category"]].head(50).itertuples(index=False):
+        assert by_text[text] == (category == "fresh")
+    assert list(glue.load_rotten_tomatoes().evals[""]["sentence1"]) == list(validation["sentence1"])
+    assert rotten.task.label_names == ("rotten", "fresh") and not rotten.tests
+
+
+def test_subset_is_deterministic_and_random(rotten):
+    np.random.seed(123)
+    first = glue.subset(rotten.train, 200)
+    np.random.seed(7)
+    second = glue.subset(rotten.train, 200)
+    assert list(first["sentence1"]) == list(second["sentence1"]) and len(first) == 200
+    assert list(first["sentence1"]) != list(rotten.train.select(range(200))["sentence1"])
+    assert 0.4 < np.mean(list(first["label"])) < 0.75
+    head = glue.subset(rotten.train, 5, shuffle=False)
+    assert list(head["sentence1"]) == list(rotten.train["sentence1"])[:5]
+    assert glue.subset(rotten.train, None) is rotten.train
+
+
+# --- local files ----------------------------------------------------------------------
+
+ROWS = [("a gripping, beautiful film", "pos"), ("dull and far too long", "neg"), ("I loved it", "pos"),
+        ("a mess from start to finish", "neg"), ("tender, funny, \"wise\"", "pos")]
+
+
+def _write_all_formats(tmp_path):
+    frame = pd.DataFrame(ROWS, columns=["text", "label"])
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "d.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in ROWS))  # raw quotes, as GLUE's
+    (tmp_path / "d.json").write_text(frame.to_json(orient="records"))
+    frame.to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as handle:
+        handle.write(frame.to_json(orient="records", lines=True))
+    return ["d.csv", "d.tsv", "d.json", "d.jsonl", "d.jsonl.gz"]
+
+
+def test_local_formats_agree(tmp_path):
+    for name in _write_all_formats(tmp_path):
+        data = glue.load_local_files({"train": tmp_path / name, "validation": tmp_path / name})
+        assert data.task.label_names == ("neg", "pos"), name
+        assert data.task.metrics == ("accuracy", "f1") and not data.task.pair
+        assert list(data.train["sentence1"]) == [t for t, _ in ROWS], name
+        assert list(data.train["label"]) == [1, 0, 1, 0, 1], name
+        assert list(data.evals[""]["label"]) == list(data.train["label"])
+
+
+def test_local_numeric_labels_and_regression(tmp_path):
+    pd.DataFrame({"q1": ["a", "b", "c"], "q2": ["x", "y", "z"], "stars": [5, 3, 4]}).to_csv(tmp_path / "c.csv", index=False)
+    data = glue.load_local_files({"train": tmp_path / "c.csv"}, text_columns=["q1", "q2"], label_column="stars")
+    assert data.task.label_names == ("3", "4", "5") and data.task.pair
+    assert list(data.train["label"]) == [2, 0, 1] and list(data.train["sentence2"]) == ["x", "y", "z"]
+    pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0.5, 4.25]}).to_csv(tmp_path / "r.csv", index=False)
+    reg = glue.load_local_files({"train": tmp_path / "r.csv"})
+    assert reg.task.is_regression and reg.task.metrics == ("pearson", "spearmanr", "mse")
+    assert list(reg.train["label"]) == [0.5, 4.25]
+
+
+MRPC_TSV = (
+    "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    "1\t702876\t702977\tAmrozi accused his brother , whom he called \" the witness \" , of deliberately distorting "
+    "his evidence .\tReferring to him as only \" the witness \" , Amrozi accused his brother of deliberately "
+    "distorting his evidence .\n"
+    "0\t2108705\t2108831\tYucaipa owned Dominick 's before selling the chain to Safeway in 1998 for $ 2.5 billion ."
+    "\tYucaipa bought Dominick 's in 1995 for $ 693 million and sold it to Safeway for $ 1.8 billion in 1998 .\n"
+)
+
+
+def test_glue_mrpc_tsv_with_quotes(tmp_path):
+    (tmp_path / "train.tsv").write_text(MRPC_TSV)
+    (tmp_path / "test.tsv").write_text(MRPC_TSV.replace("Quality\t", "index\t"))
+    data = glue.load_local_files({"train": tmp_path / "train.tsv", "test": tmp_path / "test.tsv"}, glue.TASKS["mrpc"])
+    assert list(data.train["label"]) == [1, 0]
+    assert list(data.train["sentence1"])[0].startswith("Amrozi accused his brother , whom he called \" the witness \"")
+    assert list(data.train["sentence2"])[1].endswith("in 1998 .")
+    assert list(data.tests) == ["mrpc"] and data.tests["mrpc"].column_names == ["sentence1", "sentence2"]
+
+
+def test_glue_cola_headerless_and_qnli_string_labels(tmp_path):
+    (tmp_path / "cola.tsv").write_text("gj04\t1\t\tOur friends won't buy this analysis, let alone the next one we "
+                                       "propose.\ngj04\t0\t*\tThey drank the pub.\n")
+    cola = glue.load_local_files({"validation": tmp_path / "cola.tsv"}, glue.TASKS["cola"])
+    assert list(cola.evals[""]["label"]) == [1, 0] and list(cola.evals[""]["sentence1"])[1] == "They drank the pub."
+    (tmp_path / "qnli.tsv").write_text("index\tquestion\tsentence\tlabel\n0\tWho?\tHe did.\tentailment\n"
+                                       "1\tWhere?\tIt rained.\tnot_entailment\n")
+    qnli = glue.load_local_files({"train": tmp_path / "qnli.tsv"}, glue.TASKS["qnli"])
+    assert list(qnli.train["label"]) == [0, 1] and list(qnli.train["sentence1"]) == ["Who?", "Where?"]
+
+
+def test_local_file_errors(tmp_path):
+    pd.DataFrame({"review": ["a", "b"], "label": ["x", "y"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(UserError, match="--text_columns") as err:
+        glue.load_local_files({"train": tmp_path / "t.csv"})
+    assert "review" in str(err.value)
+    with pytest.raises(UserError, match="labels 'x', 'y' are not in the task's labels"):
+        glue.load_local_files({"train": tmp_path / "t.csv"}, glue.TASKS["sst2"], text_columns=["review"])
+    (tmp_path / "t.parquet").write_text("x")
+    with pytest.raises(UserError, match="unsupported format 'parquet'"):
+        glue.load_local_files({"train": tmp_path / "t.parquet"})
+    with pytest.raises(UserError, match="does not exist"):
+        glue.load_local_files({"train": tmp_path / "missing.csv"})
+    with pytest.raises(UserError, match="no label column 'stars'"):
+        glue.load_local_files({"train": tmp_path / "t.csv"}, text_columns=["review"], label_column="stars")
+
+
+def test_hub_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(UserError, match="rotten_tomatoes"):
+        glue.load_hub_task(glue.TASKS["rte"], cache_dir="/nonexistent-cache-for-test")
+
+
+# --- predictions, tables ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name,expected", [
+    ("mnli", ["entailment", "contradiction", "neutral"]),
+    ("cola", ["0", "1", "1"]),
+    ("rotten_tomatoes", ["rotten", "fresh", "fresh"]),
+])
+def test_submission_format(tmp_path, name, expected):
+    logits = np.array([[2.0, 0.0, 1.0], [0.0, 1.0, 3.0], [0.0, 5.0, 1.0]])
+    task = glue.TASKS[name]
+    glue.write_predictions(tmp_path / "p.tsv", task, logits[:, :task.num_labels])
+    lines = (tmp_path / "p.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction"
+    assert lines[1:] == [f"{i}\t{label}" for i, label in enumerate(expected)]
+
+
+def test_submission_regression(tmp_path):
+    glue.write_predictions(tmp_path / "p.tsv", glue.TASKS["stsb"], np.array([[1.23456], [4.0]]))
+    assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n0\t1.235\n1\t4.000\n"
+
+
+def test_results_table():
+    table = glue.results_table({"mnli": {"eval_accuracy": 0.8, "eval_accuracy_mm": 0.81, "eval_loss": 0.5,
+                                         "eval_runtime": 3.0, "train_runtime": 12.0}})
+    assert table.splitlines()[2] == "| mnli | accuracy 0.8000, accuracy_mm 0.8100 | 0.5000 | 12.0 |"
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+def _parse(argv):
+    from pretraining.cli import parse_args
+    from pretraining.finetune import GlueDataArguments, GlueModelArguments, GlueTrainingArguments
+
+    return parse_args((GlueModelArguments, GlueDataArguments, GlueTrainingArguments), argv)
+
+
+def test_seed_flags_parse(tmp_path):
+    argv = ["--model_name_or_path", "m", "--task_name", "MRPC", "--max_seq_length", "128", "--output_dir",
+            str(tmp_path), "--overwrite_output_dir", "--do_train", "--do_eval", "--evaluation_strategy", "steps",
+            "--per_device_train_batch_size", "32", "--gradient_accumulation_steps", "1",
+            "--per_device_eval_batch_size", "32", "--learning_rate", "5e-5", "--weight_decay", "0.01",
+            "--eval_steps", "50", "--max_grad_norm", "1.0", "--num_train_epochs", "5",
+            "--lr_scheduler_type", "polynomial", "--warmup_steps", "50"]
+    model_args, data_args, args = _parse(argv)
+    assert args.eval_strategy == "steps" and args.eval_steps == 50 and args.overwrite_output_dir
+    assert args.lr_scheduler_type == "polynomial" and args.warmup_steps == 50 and args.learning_rate == 5e-5
+    assert args.report_to == [] and data_args.task_name == "MRPC"
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"model_name_or_path": "m", "task_name": "rte", "output_dir": str(tmp_path),
+                                "warmup_ratio": 0.1, "early_stopping_patience": 2, "eval_strategy": "epoch"}))
+    _, data_args, args = _parse([str(path)])
+    assert args.warmup_steps == 0.1 and args.load_best_model_at_end and args.save_strategy == "epoch"
+
+
+def test_bad_arguments_are_gathered():
+    from pretraining.cli import ArgumentChecker
+    from pretraining.finetune import GlueDataArguments
+
+    check = ArgumentChecker()
+    GlueDataArguments(task_name="squad", max_seq_length=0, max_train_samples=-1).validate(check)
+    with pytest.raises(UserError, match=r"invalid arguments \(3\)") as err:
+        check.raise_if_any()
+    assert "squad" in str(err.value) and "--max_seq_length" in str(err.value)
+
+
+def test_model_fit_checks(bert_tokenizer):
+    from pretraining.modeling import BertConfig
+
+    with pytest.raises(UserError, match="30522 tokens but m embeds only 1000"):
+        glue.check_model_fits(BertConfig(vocab_size=1000), bert_tokenizer, 128, "m")
+    with pytest.raises(UserError, match="exceeds m's max_position_embeddings"):
+        glue.check_model_fits(BertConfig(max_position_embeddings=64), bert_tokenizer, 128, "m")
+    glue.check_model_fits(BertConfig(vocab_size=30528), bert_tokenizer, 128, "m")
