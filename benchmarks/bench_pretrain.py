@@ -82,6 +82,7 @@ CONFIGS = {
 }
 HEADLINE = {"cpu": ("tiny", "fp32"), "cuda": ("base", "bf16")}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 _FAST = dict(sparse_mask_prediction=True, unpad_inputs=True, fused_qkv=True, vocab_pad_multiple=64)
 #: A-variant name -> ModelArguments overrides (on top of the defaults) and "fused_optimizer"
@@ -214,12 +215,14 @@ def build_variant(name: str, cfg: BenchConfig, device: torch.device):
 
         config = transformers.BertConfig(vocab_size=BERT_VOCAB, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
                                          num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate)
-        model = transformers.BertForPreTraining._from_config(config, attn_implementation="sdpa").to(device).train()
+        with device:
+            model = transformers.BertForPreTraining._from_config(config, attn_implementation="sdpa").train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=optimizer_args.lr, weight_decay=optimizer_args.weight_decay)
         return model, optimizer
     overrides = dict(VARIANTS[name])
     use_fused = overrides.pop("fused_optimizer", None)
-    model = BertForPreTraining(build_config(model_arguments(cfg, overrides))).to(device).train()
+    with device:
+        model = BertForPreTraining(build_config(model_arguments(cfg, overrides))).train()
     return model, build_optimizer(model, optimizer_args, use_fused=use_fused)
 
 
@@ -242,8 +245,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def window(self, batches: list[dict]) -> float:
-        """Seconds for one pass over ``batches`` (CUDA events on a GPU)."""
+    def window(self, batches: list[dict], clock=time.perf_counter) -> float:
+        """Seconds for one pass over ``batches`` (CUDA events on a GPU, else ``clock``)."""
         if self.device_type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -252,18 +255,18 @@ class Trainer:
             end.record()
             end.synchronize()
             return start.elapsed_time(end) / 1e3
-        began = time.perf_counter()
+        began = clock()
         for batch in batches:
             loss = self.step(batch)
         loss.item()
-        return time.perf_counter() - began
+        return clock() - began
 
 
 # --- measurements ---------------------------------------------------------------------------
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype | None) -> float:
-    """Best FLOP/s of a square matrix product on ``device`` in ``dtype`` (fp32 when None)."""
+def matmul_peak(device: torch.device, dtype: torch.dtype | None, clock=time.perf_counter) -> float:
+    """Best FLOP/s of a square matrix product on ``device`` in ``dtype`` (fp32 when None), timed by ``clock``."""
     n = 8192 if device.type == "cuda" else 1024
     a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
     b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
@@ -271,25 +274,35 @@ def matmul_peak(device: torch.device, dtype: torch.dtype | None) -> float:
     for _ in range(5):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        began = time.perf_counter()
+        began = clock()
         for _ in range(5):
             a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - began))
+        best = max(best, 5 * 2 * n**3 / (clock() - began))
     return best
 
 
 def time_variants(names: list[str], cfg: BenchConfig, device: torch.device, precision: str, batches: list[dict],
-                  windows: int, warmup: int) -> dict[str, list[float]]:
-    """Window times per variant, interleaved; ``warmup`` windows per variant are dropped."""
-    trainers = [Trainer(name, cfg, device, precision) for name in names]
+                  windows: int, warmup: int, clock=time.perf_counter) -> dict[str, list[float]]:
+    """Window times per variant, interleaved; ``warmup`` windows per variant are dropped.
+
+    A variant that runs out of device memory is dropped (no times) and the others go on.
+    """
+    trainers = {name: Trainer(name, cfg, device, precision) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(warmup + windows):
-        for trainer in trainers:
-            elapsed = trainer.window(batches)
+        for name in list(trainers):
+            try:
+                elapsed = trainers[name].window(batches, clock)
+            except torch.OutOfMemoryError:
+                print(f"{name}: out of memory at micro-batch {len(batches[0]['input_ids'])}; left out")
+                del trainers[name]
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
             if round_ >= warmup:
-                times[trainer.name].append(elapsed)
+                times[name].append(elapsed)
     del trainers
     gc.collect()
     return times
@@ -370,13 +383,15 @@ def bench(args, config: str, precision: str, device: torch.device, dataset_path:
     tokens = float(sum(b["attention_mask"].sum() for b in batches))
     names = args.variants.split(",")
     measured = {"all": names, "none": []}.get(args.memory, args.memory.split(","))
-    times = time_variants(names, cfg, device, precision, batches, args.windows, args.warmup)
+    times = time_variants(names, cfg, device, precision, batches, args.windows, args.warmup, CLOCKS[args.timer])
     results = []
     with tempfile.TemporaryDirectory() as folder:
         batch_file = Path(folder) / "batches.pt"
         if device.type == "cpu" and measured:
             torch.save(batches, batch_file)
         for name in names:
+            if not times[name]:
+                continue
             seconds = statistics.median(times[name])
             memory = None
             if name in measured:
@@ -394,7 +409,7 @@ def bench(args, config: str, precision: str, device: torch.device, dataset_path:
     fill = tokens / (count * cfg.seq)
     print(f"\n## {config} (L={cfg.layers} d={cfg.hidden} f={cfg.intermediate}, seq {cfg.seq}, micro-batch "
           f"{micro_batch}), {precision}, {device.type}; real-token fill {fill:.1%}, {args.batches} batches per window, "
-          f"median of {args.windows} windows")
+          f"median of {args.windows} windows" + (", CPU-time clock" if args.timer == "cpu" and device.type == "cpu" else ""))
     print("| variant | step ms | seq/s | real tok/s | vs hf | MFU | of matmul peak | peak mem GiB | min..max |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -423,6 +438,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=5, help="timed windows per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed windows per variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--timer", default="wall", choices=sorted(CLOCKS),
+                        help="CPU only: wall (elapsed time) or cpu (this process's CPU time: steadier on a shared "
+                             "machine; use with --threads 1)")
     parser.add_argument("--memory", default=None,
                         help="variants whose peak memory is measured: comma list, all or none (default: all on a "
                              "GPU; hf,default on the CPU, where each costs a fresh process)")
@@ -461,7 +479,8 @@ def main(argv=None) -> dict:
     name = torch.cuda.get_device_name(device) if kind == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# bench_pretrain: {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"lengths={args.lengths}")
-    peak = {p: matmul_peak(device, PRECISIONS[p]) for p in args.precisions.split(",")}
+    clock = CLOCKS[args.timer] if kind == "cpu" else time.perf_counter
+    peak = {p: matmul_peak(device, PRECISIONS[p], clock) for p in args.precisions.split(",")}
     peak["nominal"] = H100_PEAK_FLOPS if kind == "cuda" else None
     print("measured matmul peak: " + ", ".join(f"{p} {peak[p] / 1e12:.2f} TFLOP/s" for p in args.precisions.split(",")))
     all_rows, loader_rates = [], {}

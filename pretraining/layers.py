@@ -177,6 +177,9 @@ def _varlen_attention(layout: UnpaddedLayout, q, k, v, num_heads: int, dropout_p
                         "or use --unpadded_attention nested")
     if not q.is_cuda:
         raise UserError("--unpadded_attention varlen needs a CUDA GPU: use --unpadded_attention repad on the CPU")
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise UserError("--unpadded_attention varlen runs in bf16/fp16 only: add --bf16 or --fp16, or use "
+                        "--unpadded_attention nested for fp32")
     from torch.nn.attention.varlen import varlen_attn
 
     q, k, v = (t.unflatten(-1, (num_heads, -1)) for t in (q, k, v))

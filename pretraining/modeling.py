@@ -226,6 +226,8 @@ class BertForPreTrainingOutput(ModelOutput):
     ``prediction_logits``: ``[B, S, vocab_size]``; with ``sparse_mask_prediction`` and
     labels given, ``[N, vocab_size]`` for the N positions where ``labels != -100``, in
     row-major (batch, position) order. ``loss`` = ``masked_lm_loss`` (+ ``next_sentence_loss``).
+    With ``unpad_inputs``, labels at padding positions (a data error) differ from the plain
+    path: the sparse head skips them, the dense head scores them on zero hidden states.
     """
 
     loss: torch.Tensor | None = None

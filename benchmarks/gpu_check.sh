@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The whole GPU check of the pretraining fast path (issue #7), in one script that fits in 8 minutes
+# on one H100: the fast path's numerics on the GPU (tests/test_fast_path.py, CUDA cases), then
+# benchmarks/bench_pretrain.py for BERT-base and BERT-large, seq 128, bf16 and fp16, against
+# transformers' BertForPreTraining (sdpa) + torch AdamW on the same batches. DeepSpeed is not needed.
+#
+# 1. On the CPU machine (it reaches PyPI), once:   bash benchmarks/gpu_check.sh --prepare
+#    builds seq-128 shards of the packaged offline Wikipedia into out/gpu_carry/shards128 and, with
+#    --wheels, downloads transformers 5 and the packages it checks at import into .whl/ (needed
+#    only when the GPU image's transformers is older than 5).
+# 2. On the GPU machine (carry out/gpu_carry, and .whl when present):   bash benchmarks/gpu_check.sh
+#    Logs, results.json and RESULTS_gpu.md (the section for benchmarks/RESULTS.md: card, date,
+#    torch version, tables, RESULT line) go to $OUT, else out/gpu_check.
+# CPU dry run of the plumbing:   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh --dry_run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}  # GPU image: python3
+CARRY=out/gpu_carry
+SHARDS=$CARRY/shards128
+RESULTS=${OUT:-out/gpu_check}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+
+if [ "${1:-}" = --prepare ]; then
+    rm -rf "$SHARDS"
+    "$PYTHON" prepare_dataset.py --output_dir "$SHARDS" --dataset wikipedia-offline --max_documents 3000 \
+        --max_seq_length 128 --max_predictions_per_seq 20 --num_train_shards 2 --dup_factor 1 \
+        --num_test_shards 1 --frac_test 0.01 --num_workers 2 --seed 1
+    if [ "${2:-}" = --wheels ]; then
+        versions=$("$PYTHON" -c 'import importlib.metadata as m; print(" ".join(f"{n}=={m.version(n)}" for n in
+            ("transformers", "huggingface-hub", "tokenizers", "safetensors")))')
+        mkdir -p .whl
+        # shellcheck disable=SC2086
+        "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            -d .whl $versions
+    fi
+    du -sh "$CARRY" .whl 2>/dev/null || true
+    echo "prepared: run on the GPU with carry [\"$CARRY\"$( [ -d .whl ] && echo ', ".whl"' )]"
+    exit 0
+fi
+DRY=${1:-}
+
+if compgen -G ".whl/*.whl" > /dev/null && [ "$DEVICE" = cuda ]; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled PYTHONUNBUFFERED=1
+mkdir -p "$RESULTS"
+started=$(date +%s)
+
+"$PYTHON" - "$DEVICE" <<'EOF'
+import sys, torch, transformers
+device = sys.argv[1]
+print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+      f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+if int(transformers.__version__.split(".")[0]) < 5:
+    sys.exit("error: transformers >= 5 is needed: run 'bash benchmarks/gpu_check.sh --prepare --wheels' on the CPU "
+             "machine and carry .whl")
+if device == "cuda" and not torch.cuda.is_available():
+    sys.exit("error: no CUDA GPU: run on the GPU machine, or GPU_CHECK_DEVICE=cpu for a dry run")
+EOF
+
+DATA=(--dataset_path "$SHARDS")
+[ -d "$SHARDS" ] || { echo "note: no $SHARDS (run --prepare and carry it): synthetic lengths"; DATA=(--lengths synthetic); }
+
+echo "== numerics (fast path vs plain path on the $DEVICE)"
+numerics_k=$([ "$DEVICE" = cuda ] && echo cuda || echo "bf16 and cpu")
+timeout 120 "$PYTHON" -m pytest tests/test_fast_path.py -q -p no:cacheprovider -k "$numerics_k" 2>&1 \
+    | tee "$RESULTS/numerics.log" | tail -3 || echo "numerics FAILED (see $RESULTS/numerics.log)"
+
+bench() {  # name, timeout seconds, bench_pretrain.py arguments...
+    local name=$1 limit=$2
+    shift 2
+    echo "== bench $name"
+    timeout "$limit" "$PYTHON" benchmarks/bench_pretrain.py --device "$DEVICE" "${DATA[@]}" --json "$RESULTS/$name.json" \
+        $DRY "$@" 2>&1 | grep -v -i warning | tee "$RESULTS/$name.log" || echo "bench $name failed or timed out"
+}
+# The headline (RESULT line): BERT-base bf16 with the fast-path ablation. A CPU dry run uses tiny models.
+BASE=$([ "$DEVICE" = cuda ] && echo base || echo tiny)
+LARGE=$([ "$DEVICE" = cuda ] && echo large || echo tiny)
+HALF=$([ "$DEVICE" = cuda ] && echo fp16 || echo fp32)
+bench base_bf16 180 --configs "$BASE" --precisions bf16 --batches 6 --windows 4 --warmup 2 \
+    --variants hf,default,plain,fast,fast-no_unpad,fast-no_fused_qkv,fast-nested,fast-compile
+bench base_fp16 70 --configs "$BASE" --precisions "$HALF" --batches 6 --windows 4 --warmup 1 --variants hf,default,fast
+bench large 110 --configs "$LARGE" --precisions "bf16,$HALF" --batches 4 --windows 3 --warmup 1 --variants hf,default,fast
+
+{
+    echo "### Pretraining step, $("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")'), $(date -u +%Y-%m-%d), torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+    echo
+    echo "Command: bash benchmarks/gpu_check.sh (numerics: $(tail -1 "$RESULTS/numerics.log"))"
+    for name in base_bf16 base_fp16 large; do
+        [ -f "$RESULTS/$name.log" ] && grep -E '^(##|\||RESULT|measured|data loader)' "$RESULTS/$name.log" && echo
+    done
+} > "$RESULTS/RESULTS_gpu.md"
+grep RESULT "$RESULTS/base_bf16.log" | tail -1 || true
+echo "gpu_check done in $(( $(date +%s) - started )) s; section for benchmarks/RESULTS.md: $RESULTS/RESULTS_gpu.md"
