@@ -396,6 +396,9 @@ class PretrainingArguments:
 
     def validate(self, check: ArgumentChecker) -> None:
         check.require(bool(self.output_dir), "--output_dir is required")
+        check.require(self.job_name not in ("", ".", "..") and "/" not in self.job_name and os.sep not in self.job_name,
+                      f"--job_name {self.job_name!r} must be a plain folder name (no '/', not '.' or '..'): the run "
+                      "is written to OUTPUT_DIR/JOB_NAME and nowhere else")
         check.require(self.train_batch_size > 0 and self.train_micro_batch_size_per_gpu > 0,
                       "--train_batch_size and --train_micro_batch_size_per_gpu must be > 0")
         check.require(self.print_steps > 0, "--print_steps must be > 0")

@@ -174,6 +174,12 @@ def verify_checkpoint(folder: Path) -> None:
                                     f"resume from an earlier one with --load_checkpoint_id (available: {', '.join(others) or 'none'})")
 
 
+def unsafe_pickle_detail(exc: pickle.UnpicklingError) -> str:
+    """What ``torch.load(weights_only=True)`` refused (the global it met), from its long message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "not weights-only")
+
+
 def load_checkpoint(folder: Path, *, engine, dist_info, expect: dict | None = None) -> dict:
     """Verify and restore a checkpoint into ``engine`` and this rank's RNGs; returns the loop state.
 
@@ -198,6 +204,6 @@ def load_checkpoint(folder: Path, *, engine, dist_info, expect: dict | None = No
             set_rng_state(torch.load(rng_file, weights_only=True))
     except pickle.UnpicklingError as exc:  # weights_only refuses pickled code and arbitrary objects
         raise UserError(f"checkpoint {folder} was refused: it holds pickled objects or code, not only tensors and "
-                        f"plain values ({str(exc).splitlines()[0]}); load only checkpoints written by "
+                        f"plain values ({unsafe_pickle_detail(exc)}); load only checkpoints written by "
                         "run_pretraining.py from a source you trust") from None
     return state

@@ -191,6 +191,14 @@ def _problem_type(task: glue.TaskSpec) -> str:
     return "regression" if task.is_regression else "single_label_classification"
 
 
+def _token_to_environment(args: GlueTrainingArguments) -> None:
+    """Move ``--hub_token`` to ``HF_TOKEN`` (where huggingface_hub reads it): the Trainer pickles its arguments into
+    ``training_args.bin`` in the output folder and every checkpoint, and a token must not be written there."""
+    if args.hub_token:
+        os.environ["HF_TOKEN"] = args.hub_token
+        args.hub_token = None
+
+
 def _resume_checkpoint(args: GlueTrainingArguments) -> Optional[str]:
     if args.resume_from_checkpoint or args.overwrite_output_dir or not os.path.isdir(args.output_dir):
         return args.resume_from_checkpoint
@@ -241,6 +249,7 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
     check = ArgumentChecker()
     data_args.validate(check)
     check.raise_if_any()
+    _token_to_environment(training_args)
     set_seed(training_args.seed)
     data = _subsets(load_data(data_args, model_args.cache_dir), data_args)
     _check_splits(data, training_args)

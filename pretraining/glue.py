@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
@@ -524,11 +525,22 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
     kwargs = dict(num_labels=num_labels, problem_type=problem_type)
     if label_names is not None:
         kwargs.update(id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
-    try:
-        config = config_class.from_pretrained(model_name_or_path, cache_dir=cache_dir, **kwargs)
+    try:  # never run a checkpoint's own Python code (auto_map), and never ask whether to
+        config = config_class.from_pretrained(model_name_or_path, cache_dir=cache_dir, trust_remote_code=False,
+                                              **kwargs)
         model, info = model_class.from_pretrained(model_name_or_path, config=config, cache_dir=cache_dir,
-                                                  output_loading_info=True)
+                                                  output_loading_info=True, trust_remote_code=False)
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met pickled code or objects
+        from pretraining.checkpoint import unsafe_pickle_detail
+
+        raise UserError(f"the model {model_name_or_path!r} was refused: its weights file holds pickled objects or "
+                        f"code, not only tensors ({unsafe_pickle_detail(exc)}); use a safetensors checkpoint or one "
+                        "from a source you trust") from None
     except (OSError, ValueError, RuntimeError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserError(f"the model {model_name_or_path!r} needs its own Python code to load (auto_map in its "
+                            "config); run_glue.py never runs code shipped with a checkpoint: use a BERT checkpoint, "
+                            "or one whose architecture transformers includes") from None
         raise UserError(f"cannot load the model {model_name_or_path!r}: {exc}") from None
     return model, sorted(info.get("missing_keys", []))
 
@@ -541,7 +553,7 @@ def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
     if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         raise UserError(f"{path} holds no tokenizer (tokenizer.json or vocab.txt); pass --tokenizer_name")
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir)
+        return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load a tokenizer from {name_or_path!r}: {exc}; pass --tokenizer_name") from None
 

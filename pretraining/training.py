@@ -144,7 +144,7 @@ def load_tokenizer(name: str | None, manifest: dict | None):
 
     source = name or (manifest or {}).get("tokenizer") or str(default_tokenizer_dir())
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"tokenizer {source!r} could not be loaded ({str(exc).splitlines()[0]}); pass --tokenizer_name "
                         "with a local tokenizer folder (or a Hub name when online)") from None
