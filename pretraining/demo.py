@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 from pretraining import report
 from pretraining.cli import ArgumentChecker, parse_args
@@ -40,8 +41,12 @@ OPTIMIZERS = ("adamw", "adam", "lamb", "adafactor")
 BUDGET_ENV = "DEMO_BUDGET_MINUTES"
 DEFAULT_BUDGET_MINUTES = 1.5
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-#: peak pretraining learning rate per optimizer for the demo's small model (everything else is equal)
-OPTIMIZER_LR = {"adamw": 1e-3, "adam": 1e-3, "lamb": 2e-3, "adafactor": 1e-3}
+#: per-optimizer pretraining flags (everything else is equal): shell/<optimizer>.sh's recipe, except LAMB's LR.
+#: LAMB scales each layer's step to lr x its weight norm, so the small model's 0.02-std weights move ~25x slower
+#: than under Adam at the same LR: 4e-3 (the wrapper's, for BERT-large) leaves the loss near 9.8 after 40 steps
+#: where the others reach 7.5; 2e-2 reaches 7.9 (measured on this corpus, L2-H128, batch 32).
+OPTIMIZER_FLAGS = {"adamw": ["--lr", "1e-3"], "adam": ["--lr", "1e-3"], "lamb": ["--lr", "2e-2"],
+                   "adafactor": ["--lr", "2e-3", "--adam_beta1", "0"]}
 #: extra flags per precision, the same for run_pretraining.py and run_glue.py
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
 #: defaults of every stage's environment: offline, unbuffered output, no sub-second progress bars
@@ -71,12 +76,12 @@ class DemoArguments:
         default=None, metadata={"help": "Use only the first N Wikipedia documents (default: all 10,033)"})
     max_seq_length: int = field(default=128, metadata={"help": "Pretraining sequence length"})
     num_train_shards: int = field(
-        default=8, metadata={"help": "Train shards (an epoch is one shard, so this sets the epoch length)"})
+        default=16, metadata={"help": "Train shards (an epoch is one shard, so this sets how often validation runs)"})
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of the small BERT"})
     num_hidden_layers: int = field(default=2, metadata={"help": "Layers of the small BERT"})
     num_attention_heads: int = field(default=2, metadata={"help": "Attention heads of the small BERT"})
     intermediate_size: int = field(default=512, metadata={"help": "Feed-forward size of the small BERT"})
-    train_batch_size: int = field(default=64, metadata={"help": "Pretraining batch size (sequences per step)"})
+    train_batch_size: int = field(default=32, metadata={"help": "Pretraining batch size (sequences per step)"})
     print_steps: int = field(default=10, metadata={"help": "Pretraining progress line every this many steps"})
     task_name: str = field(default="rotten_tomatoes", metadata={"help": "Fine-tuning task of run_glue.py"})
     max_train_samples: Optional[int] = field(
@@ -84,12 +89,14 @@ class DemoArguments:
     max_eval_samples: Optional[int] = field(
         default=1000, metadata={"help": "Evaluate on this many validation examples (a fixed-seed subset)"})
     finetune_max_seq_length: int = field(default=64, metadata={"help": "Fine-tuning sequence length"})
-    finetune_epochs: float = field(default=1.0, metadata={"help": "Fine-tuning epochs"})
-    finetune_lr: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate (every model)"})
-    finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size"})
+    finetune_epochs: float = field(default=2.0, metadata={"help": "Fine-tuning epochs of the demo's models"})
+    finetune_lr: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate of the demo's models"})
+    finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size (every model)"})
     reference: bool = field(
         default=True, metadata={"help": "Also fine-tune the packaged pretrained MiniLM-L6-H384 as a reference row "
                                         "(--reference false to skip)"})
+    reference_epochs: float = field(default=1.0, metadata={"help": "Fine-tuning epochs of the reference MiniLM"})
+    reference_lr: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate of the reference MiniLM"})
     no_wandb: bool = field(
         default=False, metadata={"help": "Do not log pretraining to W&B (default: offline runs in each run folder "
                                          "when no API key is set)"})
@@ -121,7 +128,8 @@ class DemoArguments:
                      "intermediate_size", "train_batch_size", "print_steps", "finetune_max_seq_length",
                      "finetune_batch_size"):
             check.require(getattr(self, flag) > 0, f"--{flag} must be > 0 (got {getattr(self, flag)})")
-        check.require(self.finetune_epochs > 0 and self.finetune_lr > 0, "--finetune_epochs and --finetune_lr must be > 0")
+        for flag in ("finetune_epochs", "finetune_lr", "reference_epochs", "reference_lr"):
+            check.require(getattr(self, flag) > 0, f"--{flag} must be > 0 (got {getattr(self, flag)})")
 
 
 @dataclass
@@ -199,12 +207,12 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
                 "--num_attention_heads", str(args.num_attention_heads),
                 "--intermediate_size", str(args.intermediate_size),
                 "--max_position_embeddings", str(max(args.max_seq_length, args.finetune_max_seq_length)),
-                "--encoder_ln_mode", "pre-ln", "--optimizer_type", name, "--lr", str(OPTIMIZER_LR[name]),
+                "--encoder_ln_mode", "pre-ln", "--optimizer_type", name, *OPTIMIZER_FLAGS[name],
                 "--weight_decay", "0.01", "--adam_beta2", "0.98", "--lr_schedule", "time", "--curve", "linear",
                 "--warmup_proportion", "0.06", "--total_training_time", hours, "--early_exit_time_marker", hours,
                 "--train_batch_size", str(args.train_batch_size),
                 "--train_micro_batch_size_per_gpu", str(args.train_batch_size),
-                "--print_steps", str(args.print_steps), "--do_validation", "--validation_epochs", "2",
+                "--print_steps", str(args.print_steps), "--do_validation", "--validation_epochs", "1",
                 "--validation_micro_batch", "64", "--num_epochs_between_checkpoints", "4", "--keep_checkpoints", "1",
                 "--project_name", "budget-bert-demo", "--seed", "42", *PRECISION_FLAGS[precision]]
         if args.no_wandb:
@@ -215,14 +223,16 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
             resume_argv=lambda d=run_dir: ["--load_training_checkpoint", str(d), "--load_checkpoint_id", "latest"]
             if _has_checkpoint(d) else [])
         stages.append(pretrain)
-        stages.append(_finetune_stage(args, precision, f"finetune-{name}", run_dir / "pretrained", run_dir, [pretrain]))
+        stages.append(_finetune_stage(args, precision, f"finetune-{name}", run_dir / "pretrained", run_dir, [pretrain],
+                                      lr=args.finetune_lr, epochs=args.finetune_epochs))
         runs.append(run_dir)
     if args.reference:
         from pretraining.resources import minilm_dir
 
         model = minilm_dir()
         run_dir = out / "reference" / "minilm"
-        stage = _finetune_stage(args, precision, "finetune-minilm-reference", model, run_dir, [])
+        stage = _finetune_stage(args, precision, "finetune-minilm-reference", model, run_dir, [],
+                                lr=args.reference_lr, epochs=args.reference_epochs)
         stage.before = lambda: _write_reference_args(run_dir, model, precision)
         stages.append(stage)
         runs.append(run_dir)
@@ -230,12 +240,12 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
 
 
 def _finetune_stage(args: DemoArguments, precision: str, name: str, model: Path, run_dir: Path,
-                    depends: list[Stage]) -> Stage:
+                    depends: list[Stage], lr: float, epochs: float) -> Stage:
     output = run_dir / report.FINETUNE_DIR / args.task_name
     argv = ["--model_name_or_path", str(model), "--task_name", args.task_name, "--output_dir", str(output),
             "--do_train", "--do_eval", "--max_seq_length", str(args.finetune_max_seq_length),
             "--per_device_train_batch_size", str(args.finetune_batch_size), "--per_device_eval_batch_size", "128",
-            "--learning_rate", str(args.finetune_lr), "--num_train_epochs", str(args.finetune_epochs),
+            "--learning_rate", str(lr), "--num_train_epochs", str(epochs),
             "--weight_decay", "0.01", "--warmup_ratio", "0.1", "--seed", "42", "--save_strategy", "no",
             "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "20", "--overwrite_output_dir",
             *PRECISION_FLAGS[precision]]
@@ -256,6 +266,20 @@ def _write_reference_args(run_dir: Path, model: Path, precision: str) -> None:
     }, indent=1))
 
 
+class StageTiming(NamedTuple):
+    """How a stage went: ran, reused, failed or skipped; wall and CPU seconds (of the run that made it)."""
+
+    name: str
+    status: str
+    seconds: float
+    cpu_seconds: float
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class StageRunner:
     """Runs stages in order: reuse the finished, redo the changed, stream output, time everything."""
 
@@ -266,7 +290,7 @@ class StageRunner:
         self.env = env or {}
         self.started = time.monotonic()
         self.index = 0
-        self.timings: list[tuple[str, str, float]] = []
+        self.timings: list[StageTiming] = []
         self.failed: dict[str, Path] = {}
 
     def say(self, message: str) -> None:
@@ -277,6 +301,12 @@ class StageRunner:
     def _record_path(self, stage: Stage) -> Path:
         return self.out / "stages" / f"{stage.name}.json"
 
+    def _write_record(self, stage: Stage, seconds=None, cpu_seconds=None) -> None:
+        path = self._record_path(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"fingerprint": stage.fingerprint(), "seconds": seconds,
+                                    "cpu_seconds": cpu_seconds}, indent=1))
+
     def run(self, stage: Stage) -> bool:
         """Run (or reuse) ``stage``; True when its output is complete."""
         self.index += 1
@@ -285,37 +315,37 @@ class StageRunner:
         if blocked:
             self.say(f"{head}: skipped, {', '.join(blocked)} failed")
             self.failed[stage.name] = self.failed[blocked[0]]
-            self.timings.append((stage.name, "skipped", 0.0))
+            self.timings.append(StageTiming(stage.name, "skipped", 0.0, 0.0))
             return False
         record_path = self._record_path(stage)
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         same = record.get("fingerprint") == stage.fingerprint()
         if same and stage.is_complete():
-            self.say(f"{head}: reused (finished earlier in {record.get('seconds', 0):.0f}s; output {stage.output})")
-            self.timings.append((stage.name, "reused", float(record.get("seconds", 0.0))))
+            seconds, cpu = float(record.get("seconds") or 0.0), float(record.get("cpu_seconds") or 0.0)
+            self.say(f"{head}: reused (finished earlier in {seconds:.0f}s; output {stage.output})")
+            self.timings.append(StageTiming(stage.name, "reused", seconds, cpu))
             return True
         if not same and stage.output.exists():
             self.say(f"{head}: settings changed since the last run; starting it afresh")
             shutil.rmtree(stage.output)
         stage.before()
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps({"fingerprint": stage.fingerprint(), "seconds": None}, indent=1))
+        self._write_record(stage)
         argv = stage.argv + stage.resume_argv()
         if len(argv) > len(stage.argv):
             self.say(f"{head}: resuming from its last checkpoint")
         self.say(f"{head}: running {stage.script} (log: {self._log_path(stage)})")
-        began = time.monotonic()
+        began, cpu_began = time.monotonic(), _children_cpu_seconds()
         code = self._execute(stage, argv)
-        seconds = time.monotonic() - began
+        seconds, cpu = time.monotonic() - began, _children_cpu_seconds() - cpu_began
         if code == 0 and stage.is_complete():
-            record_path.write_text(json.dumps({"fingerprint": stage.fingerprint(), "seconds": seconds}, indent=1))
-            self.say(f"{head}: done in {seconds:.0f}s")
-            self.timings.append((stage.name, "ran", seconds))
+            self._write_record(stage, seconds, cpu)
+            self.say(f"{head}: done in {seconds:.0f}s ({cpu:.0f}s of CPU time)")
+            self.timings.append(StageTiming(stage.name, "ran", seconds, cpu))
             return True
         why = f"exit code {code}" if code else "it finished without its output"
         self.say(f"{head}: FAILED ({why}) after {seconds:.0f}s; see {self._log_path(stage)}")
         self.failed[stage.name] = self._log_path(stage)
-        self.timings.append((stage.name, "failed", seconds))
+        self.timings.append(StageTiming(stage.name, "failed", seconds, cpu))
         return False
 
     def _log_path(self, stage: Stage) -> Path:
@@ -340,7 +370,7 @@ class StageRunner:
 
 
 def _settings_section(args: DemoArguments, precision: str, device: str, manifest: dict,
-                      timings: Sequence[tuple[str, str, float]]) -> str:
+                      timings: Sequence[StageTiming]) -> str:
     counts = manifest.get("counts", {}).get("train", {})
     lines = [
         "## Demo settings", "",
@@ -350,13 +380,21 @@ def _settings_section(args: DemoArguments, precision: str, device: str, manifest
         f"- model: BERT L{args.num_hidden_layers}-H{args.hidden_size}, {args.num_attention_heads} heads, "
         f"FFN {args.intermediate_size}, pre-LN; batch {args.train_batch_size}",
         f"- pretraining: {args.budget():g} minutes of training time per optimizer, time-based linear LR schedule "
-        f"(peak LR: {', '.join(f'{o} {OPTIMIZER_LR[o]:g}' for o in args.optimizers)})",
+        f"(flags: {'; '.join(o + ' ' + ' '.join(OPTIMIZER_FLAGS[o]) for o in args.optimizers)})",
         f"- fine-tuning: {args.task_name}, {args.max_train_samples or 'all'} training examples, "
-        f"{args.max_eval_samples or 'all'} validation examples, {args.finetune_epochs:g} epoch(s), LR "
-        f"{args.finetune_lr:g}, sequence length {args.finetune_max_seq_length}",
-        "", "## Stage timings", "", "| stage | status | time |", "|---|---|---|",
+        f"{args.max_eval_samples or 'all'} validation examples, sequence length {args.finetune_max_seq_length}, "
+        f"batch {args.finetune_batch_size}; the demo's models {args.finetune_epochs:g} epoch(s) at LR "
+        f"{args.finetune_lr:g}" + (f", the reference MiniLM-L6-H384 {args.reference_epochs:g} epoch(s) at LR "
+                                   f"{args.reference_lr:g}" if args.reference else ""),
+        "", "## Stage timings", "",
+        "Wall-clock time, and CPU time summed over the stage's threads; a reused stage shows its earlier run.", "",
+        "| stage | status | wall time | CPU time |", "|---|---|---|---|",
     ]
-    lines += [f"| {name} | {status} | {report.format_duration(seconds)} |" for name, status, seconds in timings]
+    lines += [f"| {t.name} | {t.status} | {report.format_duration(t.seconds)} | {report.format_duration(t.cpu_seconds)} |"
+              for t in timings]
+    total = sum(t.seconds for t in timings)
+    lines.append(f"| sum | | {report.format_duration(total)} | "
+                 f"{report.format_duration(sum(t.cpu_seconds for t in timings))} |")
     return "\n".join(lines) + "\n"
 
 

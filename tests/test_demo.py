@@ -64,19 +64,19 @@ def _run(out: Path, *stages) -> tuple[demo.StageRunner, str]:
 def test_stage_runner_reuses_redoes_and_resumes(tmp_path):
     out, a, b = _stages(tmp_path)
     runner, text = _run(out, a, b)
-    assert [status for _, status, _ in runner.timings] == ["ran", "ran"]
+    assert [t.status for t in runner.timings] == ["ran", "ran"]
     assert "    working on a" in text and "stage 2/2 b: done" in text  # script output streamed, indented
     assert "working on b" in (out / "logs" / "b.log").read_text()
     assert len(_calls(out)) == 2
 
     runner, text = _run(out, a, b)  # nothing changed: nothing runs
-    assert [status for _, status, _ in runner.timings] == ["reused", "reused"]
+    assert [t.status for t in runner.timings] == ["reused", "reused"]
     assert len(_calls(out)) == 2 and "reused" in text
 
     out, a, b = _stages(tmp_path, a_argv=["--seed", "7"])  # a's settings changed: a and b are redone
     (out / "a" / "stale").write_text("from the old settings")
     runner, text = _run(out, a, b)
-    assert [status for _, status, _ in runner.timings] == ["ran", "ran"]
+    assert [t.status for t in runner.timings] == ["ran", "ran"]
     assert "settings changed" in text and not (out / "a" / "stale").exists()
     assert len(_calls(out)) == 4 and all("--resume" not in c for c in _calls(out))
 
@@ -86,13 +86,13 @@ def test_stage_runner_reuses_redoes_and_resumes(tmp_path):
     (out / "b" / "done").unlink(missing_ok=True)
     runner, text = _run(out, a, b)
     assert _calls(out)[-1][-1] == "--resume" and "resuming" in text
-    assert [status for _, status, _ in runner.timings] == ["reused", "failed"]  # --partial never completes
+    assert [t.status for t in runner.timings] == ["reused", "failed"]  # --partial never completes
 
 
 def test_stage_failure_skips_dependents_and_names_the_log(tmp_path):
     out, a, b = _stages(tmp_path, a_argv=["--fail"])
     runner, text = _run(out, a, b)
-    assert [status for _, status, _ in runner.timings] == ["failed", "skipped"]
+    assert [t.status for t in runner.timings] == ["failed", "skipped"]
     assert "FAILED (exit code 3)" in text and str(out / "logs" / "a.log") in text
     assert set(runner.failed) == {"a", "b"}
     assert len(_calls(out)) == 1  # b never ran
