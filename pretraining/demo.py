@@ -25,9 +25,11 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -213,7 +215,7 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
                 "--train_batch_size", str(args.train_batch_size),
                 "--train_micro_batch_size_per_gpu", str(args.train_batch_size),
                 "--print_steps", str(args.print_steps), "--do_validation", "--validation_epochs", "1",
-                "--validation_micro_batch", "64", "--num_epochs_between_checkpoints", "4", "--keep_checkpoints", "1",
+                "--validation_micro_batch", "64", "--num_epochs_between_checkpoints", "2", "--keep_checkpoints", "1",
                 "--project_name", "budget-bert-demo", "--seed", "42", *PRECISION_FLAGS[precision]]
         if args.no_wandb:
             argv.append("--no_wandb")
@@ -360,13 +362,31 @@ class StageRunner:
         command = [sys.executable, str(ROOT / stage.script), *argv]
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"$ {' '.join(command)}\n")
-            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                  errors="replace", bufsize=1) as process:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                       errors="replace", bufsize=1)
+            try:
                 for line in process.stdout:
                     handle.write(line)
                     self.stream.write(f"    {line}")
                     self.stream.flush()
-            return process.returncode
+                return process.wait()
+            except BaseException:  # interrupted: never leave the script running behind the demo's back
+                _stop(process)
+                raise
+            finally:
+                process.stdout.close()
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Interrupt ``process`` (it may finish its current checkpoint write), then terminate, then kill."""
+    for send in (lambda: process.send_signal(signal.SIGINT), process.terminate, process.kill):
+        if process.poll() is not None:
+            return
+        send()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _settings_section(args: DemoArguments, precision: str, device: str, manifest: dict,
@@ -398,6 +418,23 @@ def _settings_section(args: DemoArguments, precision: str, device: str, manifest
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def _terminate_as_interrupt():
+    """Inside, SIGTERM raises KeyboardInterrupt as Ctrl-C does, so the running stage is stopped too."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @run_main
 def main(argv=None) -> list[dict]:
     """Run the demo (see the module docstring); returns the report's rows."""
@@ -413,8 +450,14 @@ def main(argv=None) -> list[dict]:
     runner = StageRunner(out, total=len(stages) + 1, env=defaults)
     runner.say(f"offline demo into {out}: {len(args.optimizers)} optimizer(s) x {args.budget():g} min of "
                f"pretraining ({device}, {precision}), then {args.task_name} fine-tuning and the report")
-    for stage in stages:
-        runner.run(stage)
+    try:
+        with _terminate_as_interrupt():
+            for stage in stages:
+                runner.run(stage)
+    except KeyboardInterrupt:
+        runner.say("interrupted: rerun the same command to continue (finished stages are reused, an interrupted "
+                   "pretraining run resumes from its last checkpoint)")
+        raise SystemExit(130) from None
     runner.index += 1
     runner.say(f"stage {runner.index}/{runner.total} report")
     rows, table = report.build_report(runs, out=out / "results.md", plot=out / "results.png",

@@ -160,3 +160,47 @@ def test_demo_end_to_end_then_reuse(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count(": reused (") == 6 and "running" not in again.stdout
     assert metrics.read_bytes() == before
+
+
+SLEEPER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    Path(sys.argv[1]).write_text(str(os.getpid()))
+    print("sleeping", flush=True)
+    time.sleep(120)
+""")
+
+DRIVER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from pretraining import demo
+    script, pid_file, out = sys.argv[1:4]
+    stage = demo.Stage("sleep", script, [pid_file], Path(out) / "sleep", is_complete=lambda: False)
+    try:
+        with demo._terminate_as_interrupt():
+            demo.StageRunner(Path(out), total=1).run(stage)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+""")
+
+
+def test_terminating_the_demo_stops_the_running_stage(tmp_path):
+    """SIGTERM (or Ctrl-C) on the demo must not leave the stage's script running on its own."""
+    import signal
+    import time
+
+    script, pid_file = tmp_path / "sleeper.py", tmp_path / "child.pid"
+    script.write_text(SLEEPER)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(script), str(pid_file), str(tmp_path / "out")],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid_file.exists(), driver.communicate(timeout=5)[0]
+    child = int(pid_file.read_text())
+    driver.send_signal(signal.SIGTERM)
+    output, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and "interrupted" in output
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the stage's process is gone (and was reaped by the runner)
