@@ -46,12 +46,16 @@ COLUMNS: list[tuple[str, str, object]] = [
     ("finetune_loss", "finetune loss", lambda v: f"{v:.4f}"),
     ("accuracy", "accuracy", lambda v: f"{v:.4f}"),
     ("f1", "F1", lambda v: f"{v:.4f}"),
+    ("other_metrics", "other metrics", str),
     ("wall_s", "wall time", lambda v: format_duration(v)),
     ("tokens", "tokens seen", lambda v: format_count(v)),
     ("tokens_per_s", "throughput (tokens/s)", lambda v: format_count(v)),
     ("status", "status", str),
 ]
 MISSING = "n/a"
+#: eval_* keys of all_results.json that are not task metrics (or have their own column)
+NOT_OTHER_METRICS = {"loss", "accuracy", "f1", "runtime", "samples_per_second", "steps_per_second", "samples",
+                     "combined_score", "epoch"}
 
 
 @dataclass
@@ -263,13 +267,17 @@ def pretraining_summary(record: RunRecord) -> dict:
 
 
 def finetune_summary(results: dict) -> dict:
-    """Loss, accuracy and F1 of one all_results.json (absent metrics stay None)."""
+    """Loss, accuracy and F1 of one all_results.json (absent metrics stay None), and its other
+    task metrics (Matthews correlation, Pearson, mismatched accuracy, ...) as one ``name value, ...`` text."""
 
     def number(key):
         value = results.get(key)
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-    return {"finetune_loss": number("eval_loss"), "accuracy": number("eval_accuracy"), "f1": number("eval_f1")}
+    others = [f"{key[len('eval_'):]} {number(key):.4f}" for key in sorted(results)
+              if key.startswith("eval_") and key[len("eval_"):] not in NOT_OTHER_METRICS and number(key) is not None]
+    return {"finetune_loss": number("eval_loss"), "accuracy": number("eval_accuracy"), "f1": number("eval_f1"),
+            "other_metrics": ", ".join(others) or None}
 
 
 def summarize(records: Sequence[RunRecord], task: Optional[str] = None) -> list[dict]:
@@ -286,7 +294,8 @@ def summarize(records: Sequence[RunRecord], task: Optional[str] = None) -> list[
         tasks = {k: v for k, v in record.finetune.items() if task is None or k == task}
         status = _status(record, bool(tasks))
         if not tasks:
-            rows.append({**base, "task": None, "finetune_loss": None, "accuracy": None, "f1": None, "status": status})
+            rows.append({**base, "task": None, "finetune_loss": None, "accuracy": None, "f1": None,
+                         "other_metrics": None, "status": status})
         for name, results in tasks.items():
             rows.append({**base, "task": name, **finetune_summary(results), "status": status})
     return rows

@@ -106,7 +106,7 @@ def test_table_values_equal_inputs(runs, tmp_path):
     cells = [c.strip() for c in adamw_line.strip("|").split("|")]
     assert cells[:11] == ["adamw_run", "L2-H128", "adamw", "fp32", "1", "7.2500", "7.4000", "rotten_tomatoes",
                           "0.6100", "0.6875", "0.7011"]
-    assert cells[11:14] == ["13s", "16.4k", "2.05k"]
+    assert cells[11:15] == ["n/a", "13s", "16.4k", "2.05k"]
     lamb_line = next(line for line in table.splitlines() if line.startswith("| lamb_run"))
     assert "| n/a |" in lamb_line  # no F1 for this run
     assert len(table.splitlines()) == 2 + 5
@@ -167,12 +167,23 @@ def test_task_filter_and_parent_folder_discovery(runs, tmp_path):
     extra = root / "adamw_run" / "finetune" / "mrpc"
     extra.mkdir()
     (extra / "all_results.json").write_text(json.dumps({"task_name": "mrpc", "eval_accuracy": 0.7, "eval_f1": 0.8}))
+    cola = root / "lamb_run" / "finetune" / "cola"
+    cola.mkdir()
+    (cola / "all_results.json").write_text(json.dumps({"task_name": "cola", "eval_matthews_correlation": 0.3125,
+                                                       "eval_runtime": 3.2, "eval_loss": 0.6}))
     rows, _ = report.build_report([root])  # a folder of runs stands for its runs
     adamw_rows = [r for r in rows if r["run"] == "adamw_run"]
     assert sorted(r["task"] for r in adamw_rows) == ["mrpc", "rotten_tomatoes"]
+    (cola_row,) = [r for r in rows if r["task"] == "cola"]
+    assert cola_row["other_metrics"] == "matthews_correlation 0.3125" and cola_row["accuracy"] is None
+    assert by_task_other(rows, "rotten_tomatoes") == {None}
     rows, _ = report.build_report([root], task="mrpc")
     assert [r["accuracy"] for r in rows if r["run"] == "adamw_run"] == [0.7]
     assert all(r["accuracy"] is None for r in rows if r["run"] != "adamw_run")
+
+
+def by_task_other(rows, task):
+    return {r["other_metrics"] for r in rows if r["task"] == task}
 
 
 def test_formatters():
