@@ -27,6 +27,25 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
 
 
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "CROSS_RANK", "CROSS_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_rendezvous():
+    """A single-process DeepSpeed run in this process sets RANK/LOCAL_RANK/MASTER_PORT in
+    os.environ (torch.distributed reads them there) and keeps its store listening on that
+    port. Restore them after each test, so scripts that later tests start as subprocesses
+    do not inherit a rendezvous that is already taken (accelerate would try to join it)."""
+    before = {key: os.environ.get(key) for key in _DIST_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The packaged real BERT checkpoint (MiniLM-L6-H384) with the bert-base-uncased vocab."""
