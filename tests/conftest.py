@@ -29,17 +29,18 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torc
 
 _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "CROSS_RANK", "CROSS_SIZE")
+_DIST_ENV_AT_START = {key: os.environ.get(key) for key in _DIST_ENV}
 
 
 @pytest.fixture(autouse=True)
 def _no_leaked_rendezvous():
     """A single-process DeepSpeed run in this process sets RANK/LOCAL_RANK/MASTER_PORT in
     os.environ (torch.distributed reads them there) and keeps its store listening on that
-    port. Restore them after each test, so scripts that later tests start as subprocesses
-    do not inherit a rendezvous that is already taken (accelerate would try to join it)."""
-    before = {key: os.environ.get(key) for key in _DIST_ENV}
+    port. Restore them (as they were when the session began: session fixtures may have run
+    DeepSpeed before this fixture) after each test, so scripts that later tests start as
+    subprocesses do not inherit a rendezvous that is already taken (accelerate would join it)."""
     yield
-    for key, value in before.items():
+    for key, value in _DIST_ENV_AT_START.items():
         if value is None:
             os.environ.pop(key, None)
         else:
