@@ -486,10 +486,19 @@ def tokenize_splits(data: TaskData, tokenizer, max_seq_length: int, pad_to_max_l
 # --- models ------------------------------------------------------------------------
 
 
+def _check_local_path(name: str, what: str, flag: str) -> None:
+    """UserError when ``name`` is a path (a Hub name is NAME or ORG/NAME) that does not exist."""
+    path = Path(name)
+    if (path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1) and not path.expanduser().exists():
+        raise UserError(f"{what} {name} does not exist; check {flag} (a folder, or a Hub name such as "
+                        "bert-base-uncased)")
+
+
 def _checkpoint_model_type(model_name_or_path: str, cache_dir: Optional[str]) -> str:
     from transformers import PretrainedConfig
 
     path = Path(model_name_or_path)
+    _check_local_path(model_name_or_path, "model folder", "--model_name_or_path")
     if path.exists() and not (path / "config.json").is_file():
         raise UserError(f"{path} is not a model folder (no config.json); pass a Hugging Face checkpoint folder or "
                         "the pretrained/ folder of a pretraining run")
@@ -550,6 +559,7 @@ def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
     from transformers import AutoTokenizer
 
     path = Path(name_or_path)
+    _check_local_path(name_or_path, "tokenizer folder", "--tokenizer_name")
     if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         raise UserError(f"{path} holds no tokenizer (tokenizer.json or vocab.txt); pass --tokenizer_name")
     try:
