@@ -142,3 +142,32 @@ def test_prepare_refuses_an_output_dir_of_foreign_shards(tmp_path, capsys):
     assert "already holds shard files without a manifest.json" in err and "--overwrite" in err
     assert (tmp_path / "train_shard_00000.hdf5").read_bytes() == b"someone else's file"
     assert sorted(os.listdir(tmp_path)) == ["train_shard_00000.hdf5"]
+
+
+# --- run_glue.py -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model_name_or_path", "{tmp}/missing", "--task_name", "rotten_tomatoes"],
+     r"error: model folder \S+missing does not exist; check --model_name_or_path"),
+    (["--model_name_or_path", "{no_tokenizer}", "--task_name", "rotten_tomatoes"],
+     r"error: \S+no-tokenizer holds no tokenizer \(tokenizer.json or vocab.txt\); pass --tokenizer_name"),
+    (["--model_name_or_path", "{export}", "--tokenizer_name", "./missing-tokenizer", "--task_name", "rotten_tomatoes"],
+     r"error: tokenizer folder ./missing-tokenizer does not exist; check --tokenizer_name"),
+    (["--model_name_or_path", "{export}", "--train_file", "{tmp}/reviews.csv", "--text_columns", "review"],
+     r"error: \S+reviews.csv has no label column 'label'.*its columns are"),
+])
+def test_run_glue_bad_input_is_one_clear_error(flags, message, tiny_exports, tmp_path, capsys):
+    from run_glue import main
+
+    export = tiny_exports["post-ln"]
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(export / name, no_tokenizer / name)
+    (tmp_path / "reviews.csv").write_text("review,stars\na fine film,1\na dull film,0\n")
+    argv = [f.format(tmp=tmp_path, export=export, no_tokenizer=no_tokenizer) for f in flags]
+    err = fails_cleanly(main, [*argv, "--do_train", "--output_dir", str(tmp_path / "out"), "--report_to", "none"],
+                        capsys)
+    assert re.search(message, err, re.S), err
+    assert not (tmp_path / "out").exists()
