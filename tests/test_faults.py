@@ -117,6 +117,7 @@ def test_prepare_killed_at_several_moments_resumes_to_identical_files(tiny_shard
     assert done.returncode == 0 and "nothing to do" in done.stderr, done.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json"])
     assert {p.name: sha256_file(p) for p in out.glob("*.hdf5")} == reference
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing written outside --output_dir
 
 
 @pytest.mark.timeout(300)
