@@ -75,9 +75,10 @@ class ModelArguments:
                           "(as in academic-budget-bert) and --layernorm_embedding false removes it"},
     )
     unpad_inputs: bool = field(
-        default=False,
-        metadata={"help": "Drop padding tokens before the encoder and run it on the real tokens only (same "
-                          "numbers, fewer FLOPs; attention kernel: --unpadded_attention)"},
+        default=True,
+        metadata={"help": "Drop padding tokens before the encoder and run it on the real tokens only for the "
+                          "sparse MLM loss, NSP and classification (same loss and gradients, fewer FLOPs; attention "
+                          "kernel: --unpadded_attention); false: padded batches"},
     )
     unpadded_attention: str = field(
         default="repad",

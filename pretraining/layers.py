@@ -193,13 +193,13 @@ UNPADDED_ATTENTION: dict[str, Callable] = {
 }
 
 
-def make_layout(attention_mask: torch.Tensor | None, config) -> PaddedLayout | UnpaddedLayout:
-    """The token layout of one batch: unpadded when ``config.unpad_inputs`` and the batch has padding.
+def make_layout(attention_mask: torch.Tensor | None, unpad: bool, kernel: str = "repad") -> PaddedLayout | UnpaddedLayout:
+    """The token layout of one batch: unpadded (attention by ``kernel``) when ``unpad`` and the batch has padding.
 
     Batches without padding, or with a sequence that has no real token, use the padded
     layout (the same numbers). Unpadding reads the token count on the host (one sync).
     """
-    if attention_mask is None or not config.unpad_inputs:
+    if attention_mask is None or not unpad:
         return PaddedLayout(attention_mask)
     mask = attention_mask.bool()
     lengths = mask.sum(dim=1, dtype=torch.int32)
@@ -213,7 +213,7 @@ def make_layout(attention_mask: torch.Tensor | None, config) -> PaddedLayout | U
         indices=mask.flatten().nonzero_static(size=total).flatten(),
         cu_seqlens=F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)),
         max_seqlen=int(longest), batch_size=batch_size, seq_len=seq_len,
-        key_mask=padding_mask(mask), kernel=UNPADDED_ATTENTION[config.unpadded_attention],
+        key_mask=padding_mask(mask), kernel=UNPADDED_ATTENTION[kernel],
     )
 
 

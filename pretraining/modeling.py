@@ -11,8 +11,11 @@ dict, same outputs), with these speed-ups (each a config field; the numbers do n
   (fast matmul shapes); the padding rows are never predicted and exports drop them;
 * ``unpad_inputs``: padding tokens are dropped before the embeddings and the encoder
   runs on the real tokens only, attention on variable-length sequences
-  (``unpadded_attention``: repad, nested or varlen; see :mod:`pretraining.layers`);
-  the MLM head gathers its positions from the unpadded tokens directly;
+  (``unpadded_attention``: repad, nested or varlen; see :mod:`pretraining.layers`),
+  wherever no output has a value per padding position: the sparse MLM loss (the head
+  gathers its positions from the unpadded tokens), NSP, sequence classification.
+  ``BertModel``'s ``last_hidden_state`` and dense MLM logits come from the padded path,
+  so they equal transformers' at every position, padding included;
 * ``fused_qkv``: one matmul for the query/key/value projections;
 * ``torch_compile``: each encoder layer is compiled with ``torch.compile`` (regional
   compilation: one short compile reused by every layer; token counts are dynamic).
@@ -198,12 +201,13 @@ class BertModel(BertPreTrainedModel):
         self.embeddings.word_embeddings = value
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None):
+               token_type_ids: torch.Tensor | None = None, unpad: bool = False):
         """Encoder states in the batch's token layout, and the layout (:func:`pretraining.layers.make_layout`).
 
-        ``[B, S, d]`` with the padded layout, ``[T, d]`` (real tokens only) with the unpadded one.
+        ``[B, S, d]`` with the padded layout, ``[T, d]`` (real tokens only) with the unpadded
+        one, used when ``unpad`` and ``config.unpad_inputs`` and the batch has padding.
         """
-        layout = make_layout(attention_mask, self.config)
+        layout = make_layout(attention_mask, unpad and self.config.unpad_inputs, self.config.unpadded_attention)
         token_types = None if token_type_ids is None else layout.gather(token_type_ids)
         embedded = self.embeddings(layout.gather(input_ids), token_types, layout.positions(input_ids))
         return self.encoder(embedded, layout), layout
@@ -212,11 +216,14 @@ class BertModel(BertPreTrainedModel):
                 token_type_ids: torch.Tensor | None = None) -> BaseModelOutputWithPooling:
         """``input_ids`` ``[B, S]``; ``attention_mask`` 1 = token, 0 = padding. Returns hidden states (+ pooled).
 
-        With ``unpad_inputs`` the states at padding positions are zeros.
+        Always the padded path: the states at padding positions are transformers'.
         """
         hidden, layout = self.encode(input_ids, attention_mask, token_type_ids)
-        pooled = self.pooler(layout.first_tokens(hidden)) if self.pooler is not None else None
-        return BaseModelOutputWithPooling(last_hidden_state=layout.repad(hidden), pooler_output=pooled)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.pool(hidden, layout))
+
+    def pool(self, hidden: torch.Tensor, layout) -> torch.Tensor | None:
+        """The pooler's output for encoder states in ``layout`` (None without a pooler)."""
+        return self.pooler(layout.first_tokens(hidden)) if self.pooler is not None else None
 
 
 @dataclass
@@ -226,8 +233,8 @@ class BertForPreTrainingOutput(ModelOutput):
     ``prediction_logits``: ``[B, S, vocab_size]``; with ``sparse_mask_prediction`` and
     labels given, ``[N, vocab_size]`` for the N positions where ``labels != -100``, in
     row-major (batch, position) order. ``loss`` = ``masked_lm_loss`` (+ ``next_sentence_loss``).
-    With ``unpad_inputs``, labels at padding positions (a data error) differ from the plain
-    path: the sparse head skips them, the dense head scores them on zero hidden states.
+    With ``unpad_inputs`` and the sparse head, labels at padding positions (a data error)
+    are not scored; the plain path scores them.
     """
 
     loss: torch.Tensor | None = None
@@ -271,21 +278,20 @@ class BertForPreTraining(BertPreTrainedModel):
 
         ``next_sentence_label`` ``[B]``: 0 = B follows A, 1 = random (NSP models only).
         """
-        encoded, layout = self.bert.encode(input_ids, attention_mask, token_type_ids)
-        if self.config.sparse_mask_prediction and labels is not None:
+        sparse = self.config.sparse_mask_prediction and labels is not None
+        encoded, layout = self.bert.encode(input_ids, attention_mask, token_type_ids, unpad=sparse)
+        hidden, targets = encoded, labels
+        if sparse:
             targets = layout.flatten(layout.gather(labels))
             keep = targets != -100
             hidden, targets = layout.flatten(encoded)[keep], targets[keep]
-        else:
-            hidden, targets = layout.repad(encoded), labels
         logits = self.cls.predictions(hidden)
         out = BertForPreTrainingOutput(prediction_logits=logits)
         if labels is not None:
             out.masked_lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
             out.loss = out.masked_lm_loss
         if self.config.next_sentence_prediction:
-            pooled = self.bert.pooler(layout.first_tokens(encoded))
-            out.seq_relationship_logits = self.cls.seq_relationship(pooled)
+            out.seq_relationship_logits = self.cls.seq_relationship(self.bert.pool(encoded, layout))
             if next_sentence_label is not None:
                 out.next_sentence_loss = F.cross_entropy(out.seq_relationship_logits.float(), next_sentence_label.reshape(-1))
                 out.loss = out.next_sentence_loss if out.loss is None else out.loss + out.next_sentence_loss
@@ -313,7 +319,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
         """Returns ``logits`` ``[B, num_labels]`` and, with ``labels``, ``loss``."""
-        pooled = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).pooler_output
+        encoded, layout = self.bert.encode(input_ids, attention_mask, token_type_ids, unpad=True)
+        pooled = self.bert.pool(encoded, layout)
         logits = self.classifier(self.dropout(pooled))
         loss = None if labels is None else self._loss(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -68,6 +68,13 @@ def loss_and_grads(model, batch, dtype=None) -> tuple[torch.Tensor, dict]:
     return loss.detach(), grads
 
 
+def encoder_input_shapes(model) -> list:
+    """Records the shape of the hidden states entering the first encoder layer on each call."""
+    shapes = []
+    model.bert.encoder.layer[0].register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    return shapes
+
+
 def assert_same_training_signal(a, b, batch, atol=1e-5, rtol=1e-4, dtype=None):
     loss_a, grads_a = loss_and_grads(a, batch, dtype)
     loss_b, grads_b = loss_and_grads(b, batch, dtype)
@@ -82,9 +89,12 @@ def assert_same_training_signal(a, b, batch, atol=1e-5, rtol=1e-4, dtype=None):
 @pytest.mark.parametrize("kernel", ["repad", "nested"])
 @pytest.mark.parametrize("mode", ["pre-ln", "post-ln"])
 def test_unpadded_encoder_gives_the_same_loss_and_gradients(device, kernel, mode):
-    a, b = twins(dict(encoder_ln_mode=mode), dict(encoder_ln_mode=mode, unpad_inputs=True, unpadded_attention=kernel),
-                 device=device)
-    assert_same_training_signal(a, b, padded_batch(device=device))
+    common = dict(encoder_ln_mode=mode, sparse_mask_prediction=True)
+    a, b = twins(common, dict(common, unpad_inputs=True, unpadded_attention=kernel), device=device)
+    shapes = encoder_input_shapes(b)
+    batch = padded_batch(device=device)
+    assert_same_training_signal(a, b, batch)
+    assert shapes == [(int(batch["attention_mask"].sum()), 32)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -138,25 +148,34 @@ def test_real_shard_batch(tiny_shards, bert_tokenizer):
     assert_same_training_signal(a, b, batch)
 
 
-def test_bert_model_outputs_and_classifier_with_unpadding():
+def test_per_position_outputs_use_the_padded_path_and_classification_unpads():
+    """BertModel states and dense MLM logits equal transformers' at padding positions too; the rest unpads."""
     batch = padded_batch()
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    tokens = int(inputs["attention_mask"].sum())
     a, b = twins({}, dict(unpad_inputs=True), cls=BertModel)
     with torch.no_grad():
         want, got = a(**inputs), b(**inputs)
-    real = inputs["attention_mask"].bool()
-    torch.testing.assert_close(got.last_hidden_state[real], want.last_hidden_state[real], atol=1e-5, rtol=1e-5)
-    assert torch.all(got.last_hidden_state[~real] == 0)
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)
+
+    a, b = twins({}, dict(unpad_inputs=True, sparse_mask_prediction=True))
+    shapes = encoder_input_shapes(b)
+    with torch.no_grad():
+        torch.testing.assert_close(b(**inputs).prediction_logits, a(**inputs).prediction_logits, atol=1e-5, rtol=1e-5)
+        b(**batch)
+    assert shapes == [(6, 16, 32), (tokens, 32)]  # dense logits: padded; sparse MLM loss: unpadded
 
     a, b = twins(dict(num_labels=3), dict(num_labels=3, unpad_inputs=True, fused_qkv=True),
                  cls=BertForSequenceClassification)
+    shapes = encoder_input_shapes(b)
     assert_same_training_signal(a, b, {**inputs, "labels": torch.tensor([0, 1, 2, 0, 1, 2])})
+    assert shapes == [(tokens, 32)]
 
 
 def test_unpadded_layout_indices_positions_and_round_trip():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 1, 1]])  # the last row has a hole
-    layout = make_layout(mask, BertConfig(**TINY, unpad_inputs=True))
+    layout = make_layout(mask, True)
     assert isinstance(layout, UnpaddedLayout)
     assert layout.indices.tolist() == [0, 1, 2, 4, 5, 8, 10, 11]
     assert layout.cu_seqlens.tolist() == [0, 3, 5, 8] and layout.cu_seqlens.dtype == torch.int32
@@ -173,20 +192,19 @@ def test_mask_with_holes_matches_masked_attention():
     batch = padded_batch()
     batch["attention_mask"][0, 3] = 0  # a padding token in the middle of a sequence
     batch["labels"][0, 3] = -100  # (a label on padding is scored only by the padded path)
-    a, b = twins({}, dict(unpad_inputs=True))
+    a, b = twins({}, dict(unpad_inputs=True, sparse_mask_prediction=True))
     assert_same_training_signal(a, b, batch)
 
 
 def test_batches_without_padding_or_with_an_empty_row_use_the_padded_layout():
-    config = BertConfig(**TINY, unpad_inputs=True)
     full = torch.ones(3, 8, dtype=torch.long)
-    assert isinstance(make_layout(full, config), PaddedLayout) and make_layout(full, config).mask is None
+    assert isinstance(make_layout(full, True), PaddedLayout) and make_layout(full, True).mask is None
     empty_row = full.clone()
     empty_row[1] = 0
-    assert isinstance(make_layout(empty_row, config), PaddedLayout)
-    assert isinstance(make_layout(None, config), PaddedLayout)
+    assert isinstance(make_layout(empty_row, True), PaddedLayout)
+    assert isinstance(make_layout(None, True), PaddedLayout)
     batch = padded_batch(lengths=(16, 16, 16))
-    a, b = twins({}, dict(unpad_inputs=True))
+    a, b = twins({}, dict(unpad_inputs=True, sparse_mask_prediction=True))
     assert_same_training_signal(a, b, batch)
 
 
@@ -196,7 +214,8 @@ def test_varlen_kernel_rules_are_user_errors():
     with pytest.raises(UserError, match="unpadded_attention 'flash' is not one of: repad, nested, varlen"):
         BertConfig(**TINY, unpadded_attention="flash")
     if not torch.cuda.is_available():
-        model = BertForPreTraining(BertConfig(**TINY, unpad_inputs=True, unpadded_attention="varlen"))
+        model = BertForPreTraining(BertConfig(**TINY, unpad_inputs=True, unpadded_attention="varlen",
+                                           sparse_mask_prediction=True))
         with pytest.raises(UserError, match="needs a CUDA GPU"):
             model(**padded_batch())
 
