@@ -10,8 +10,9 @@ When writing fails (disk full, quota, file-size limit, I/O error, a read-only fo
 the partial temporary is deleted, the outputs written before stay untouched, and the
 failure becomes a :class:`WriteFailed` (a UserError) naming the output, the cause and
 the fix, instead of a traceback from deep inside h5py or torch. torch's own file
-writer reports such failures as a RuntimeError without an errno, so RuntimeErrors
-raised while writing count as write failures as well.
+writer reports such failures as a RuntimeError without an errno (from its
+``inline_container``), which counts as a write failure as well; other RuntimeErrors
+(e.g. a collective failing during a DeepSpeed save) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import IO, Iterator
 
 from pretraining.errors import UserError
 
-#: what a failed write raises (torch's zip writer: RuntimeError; Python, h5py, numpy: OSError)
-WRITE_ERRORS = (OSError, RuntimeError)
+#: how torch's zip writer words a failed write (a RuntimeError without errno)
+TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed")
 
 
 class WriteFailed(UserError):
@@ -50,6 +51,12 @@ def remove(path: Path) -> None:
             pass
 
 
+def is_write_failure(exc: BaseException) -> bool:
+    """True for what a failed write raises: an OSError (Python, h5py, numpy), or torch's writer's RuntimeError."""
+    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and
+                                        any(words in str(exc) for words in TORCH_WRITE_FAILURES))
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror} (errno {exc.errno})"
@@ -61,21 +68,20 @@ def _reason(exc: BaseException) -> str:
 def write_guard(final: Path, tmp: Path) -> Iterator[None]:
     """Run the code that writes ``tmp`` (to become ``final``); if it raises, delete ``tmp``.
 
-    A write failure (:data:`WRITE_ERRORS`) becomes a WriteFailed naming ``final``; other
-    exceptions pass through unchanged.
+    A write failure (:func:`is_write_failure`) becomes a WriteFailed naming ``final``;
+    other exceptions pass through unchanged.
     """
     try:
         yield
-    except WRITE_ERRORS as exc:
+    except Exception as exc:
         remove(tmp)
+        if not is_write_failure(exc):
+            raise
         final = Path(final)
         raise WriteFailed(
             f"could not write {final}: {_reason(exc)}. Nothing was left under that name and the files written "
             f"before are intact; free disk space in {final.parent} (or fix its quota, file-size limit or "
             "permissions), then run again: it continues from what was written") from None
-    except Exception:
-        remove(tmp)
-        raise
 
 
 @contextmanager
