@@ -39,6 +39,7 @@ import transformers
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
+from transformers import initialization as hf_init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
@@ -178,7 +179,7 @@ class BertPreTrainedModel(PreTrainedModel):
         """Normal(0, initializer_range) for Linear/Embedding, ones/zeros for norms, zero MLM bias."""
         super()._init_weights(module)
         if isinstance(module, BertLMPredictionHead):
-            transformers.initialization.zeros_(module.bias)
+            hf_init.zeros_(module.bias)
 
 
 class BertModel(BertPreTrainedModel):
