@@ -366,7 +366,8 @@ class BertPredictionHeadTransform(nn.Module):
 
 
 class BertLMPredictionHead(nn.Module):
-    """Masked-LM head. ``decoder`` is tied to the word embeddings and its bias to ``bias``.
+    """Masked-LM head. ``decoder`` is tied to the word embeddings and its bias to ``bias`` by the model's
+    ``_tied_weights_keys`` (``post_init``), so a checkpoint without an MLM head loads with a fresh zero bias.
 
     The projection runs over the padded vocabulary (a multiple of ``vocab_pad_multiple``,
     fast matmul shapes); the padding columns are sliced off, so they are never predicted.
@@ -378,7 +379,6 @@ class BertLMPredictionHead(nn.Module):
         self.transform = BertPredictionHeadTransform(config)
         self.decoder = nn.Linear(config.hidden_size, config.padded_vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
-        self.decoder.bias = self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.decoder(self.transform(x))

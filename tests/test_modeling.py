@@ -117,6 +117,25 @@ def test_classifier_from_bare_minilm_checkpoint(minilm_dir, bert_tokenizer):
     assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
 
 
+def test_pretraining_model_from_bare_minilm_checkpoint(minilm_dir, bert_tokenizer):
+    """Continued pretraining from a Hub BertModel checkpoint (no MLM head): nothing left on the meta device."""
+    model = BertForPreTraining.from_pretrained(str(minilm_dir))
+    assert [n for n, p in model.named_parameters() if p.device.type == "meta"] == []
+    head = model.cls.predictions
+    assert head.decoder.bias is head.bias and head.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert torch.count_nonzero(head.bias) == 0
+    reference = transformers.BertModel.from_pretrained(str(minilm_dir)).eval()
+    inputs = bert_tokenizer(["the cat sat on the mat.", "budget bert"], padding=True, return_tensors="pt")
+    labels = torch.where(inputs["attention_mask"].bool(), inputs["input_ids"], -100)
+    with torch.no_grad():
+        real = inputs["attention_mask"].bool()
+        torch.testing.assert_close(model.eval().bert(**inputs).last_hidden_state[real],
+                                   reference(**inputs).last_hidden_state[real], atol=1e-5, rtol=1e-5)
+    out = model.train()(**inputs, labels=labels)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and head.bias.grad is not None and torch.isfinite(head.bias.grad).all()
+
+
 def test_sparse_and_dense_heads_give_the_same_loss_and_gradients():
     torch.manual_seed(2)
     dense = BertForPreTraining(tiny(next_sentence_prediction=False, hidden_dropout_prob=0.0,

@@ -12,6 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from pretraining.errors import UserError
 from pretraining.training import PretrainingConfig, pretrain
@@ -259,6 +260,20 @@ def test_pretraining_can_start_from_an_exported_model(pretrain_flags, capsys):
     torch.testing.assert_close(trained, start[query], atol=3e-3, rtol=0)  # one AdamW step of lr 2e-3 away
     with pytest.raises(UserError, match="--model_name_or_path .* could not be loaded"):
         run(pretrain_flags("--model_name_or_path", str(first.run_dir / "missing"), job="third"))
+
+
+def test_pretraining_can_continue_from_a_hub_bert_checkpoint_without_mlm_head(pretrain_flags, minilm_dir):
+    """The packaged MiniLM is a bare transformers BertModel folder, as most Hub BERTs are."""
+    result = run(pretrain_flags("--model_name_or_path", str(minilm_dir), "--max_steps", "1",
+                                job="minilm"))
+    reference = transformers.BertModel.from_pretrained(str(minilm_dir)).state_dict()
+    weights = result.model.state_dict()
+    assert result.model.config.hidden_size == 384 and result.model.config.num_hidden_layers == 6
+    key = "encoder.layer.5.output.dense.weight"
+    torch.testing.assert_close(weights["bert." + key], reference[key], atol=3e-3, rtol=0)
+    losses = [r["loss"] for r in records(result.run_dir, "train")]
+    assert len(losses) == 1 and np.isfinite(losses[0])
+    assert (result.run_dir / "pretrained" / "config.json").exists()
 
 
 def test_wandb_runs_offline_without_a_key_and_a_resume_continues_its_run(pretrain_flags, monkeypatch, tmp_path):
