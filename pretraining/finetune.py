@@ -130,6 +130,9 @@ class GlueTrainingArguments(TrainingArguments):
             self.eval_steps = self.eval_steps or self.logging_steps
             self.save_steps = self.eval_steps
         super().__post_init__()
+        if self.fp16 and self.device.type == "cpu":
+            raise ValueError("--fp16 needs a GPU and none is in use here (device cpu): on a CPU use --bf16 "
+                             "or neither")
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from pretraining.data.shards import read_shard, write_shard
 
@@ -156,6 +157,9 @@ def test_prepare_refuses_an_output_dir_of_foreign_shards(tmp_path, capsys):
      r"error: tokenizer folder ./missing-tokenizer does not exist; check --tokenizer_name"),
     (["--model_name_or_path", "{export}", "--train_file", "{tmp}/reviews.csv", "--text_columns", "review"],
      r"error: \S+reviews.csv has no label column 'label'.*its columns are"),
+    pytest.param(["--model_name_or_path", "{export}", "--task_name", "rotten_tomatoes", "--fp16"],
+                 r"error: --fp16 needs a GPU .*use --bf16 or neither",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid on a GPU")),
 ])
 def test_run_glue_bad_input_is_one_clear_error(flags, message, tiny_exports, tmp_path, capsys):
     from run_glue import main
