@@ -99,6 +99,8 @@ VARIANTS: dict[str, dict] = {
     "fast-nested": dict(_FAST, unpadded_attention="nested", fused_optimizer=True),
     "fast-compile": dict(_FAST, torch_compile=True, fused_optimizer=True),
     "default-compile": dict(torch_compile=True),
+    "default-fused_adamw": dict(fused_optimizer=True),
+    "default-foreach_adamw": dict(fused_optimizer=False),
     "hf": {},
 }
 DEFAULT_VARIANTS = {

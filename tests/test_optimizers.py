@@ -45,7 +45,7 @@ def gradients(model, step):
 def run(model, optimizer, steps=STEPS, start=0):
     for step in range(start, start + steps):
         for name, p in model.named_parameters():
-            p.grad = gradients(model, step)[name].to(p.dtype)
+            p.grad = gradients(model, step)[name].to(p.device, p.dtype)
         optimizer.step()
 
 
@@ -201,8 +201,28 @@ def test_fused_adamw_matches_foreach():
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_and_adamw_pick_torch_fused_kernels_on_the_cpu(name):
+    """The fused step is 3-4.5x faster than the multi-tensor one on the CPU (benchmarks/bench_optim.py)."""
+    assert build_optimizer(make_model(), args(name)).defaults["fused"] is True
+    assert not build_optimizer(make_model(), args(name), use_fused=False).defaults["fused"]
+
+
 def test_errors_name_the_fix():
     with pytest.raises(UserError, match="adafactor, adam, adamw, lamb"):
         build_optimizer(make_model(), args("sgd"))
     with pytest.raises(UserError, match="only on a GPU"):
         build_optimizer(make_model(), args("lamb"), use_fused=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_cuda_deepspeed_fused_lamb_matches_our_lamb(bias_correction):
+    """The update academic-budget-bert trained with (DeepSpeed FusedLamb's kernel) equals :class:`Lamb`'s."""
+    pytest.importorskip("deepspeed")
+    opt_args = args("lamb", bias_correction=bias_correction, max_coeff=0.3, min_coeff=0.01)
+    fused, ours = make_model().cuda(), make_model().cuda()
+    run(fused, build_optimizer(fused, opt_args, use_fused=True))
+    run(ours, build_optimizer(ours, opt_args))
+    for (name, p), q in zip(fused.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
