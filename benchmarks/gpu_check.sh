@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# The whole GPU check of the pretraining fast path (issue #7), in one script that fits in 8 minutes
-# on one H100: the fast path's numerics on the GPU (tests/test_fast_path.py, CUDA cases), then
-# benchmarks/bench_pretrain.py for BERT-base and BERT-large, seq 128, bf16 and fp16, against
-# transformers' BertForPreTraining (sdpa) + torch AdamW on the same batches. DeepSpeed is not needed.
+# The whole GPU check (issues #4, #7), in one script that fits in 8 minutes on one H100:
+#   numerics   the fast path's CUDA numerics (tests/test_fast_path.py, CUDA cases)
+#   deepspeed  fp16 with DeepSpeed's dynamic loss scaling (fused AdamW, FusedLamb) and FusedLamb == our
+#              Lamb (the CUDA tests of tests/test_pretraining_deepspeed.py, tests/test_optimizers.py);
+#              needs deepspeed (carried as wheels: --wheels below), else it is skipped with a note
+#   optim      benchmarks/bench_optim.py: the optimizer step alone, fused vs foreach AdamW, LAMB
+#   speed      benchmarks/bench_pretrain.py for BERT-base and BERT-large, seq 128, bf16 and fp16,
+#              against transformers' BertForPreTraining (sdpa) + torch AdamW on the same batches
+# GPU_CHECK_PARTS picks parts (default: all, in that order), e.g. GPU_CHECK_PARTS="speed" for a rerun.
 #
-# 1. On the CPU machine (it reaches PyPI), once:   bash benchmarks/gpu_check.sh --prepare
+# 1. On the CPU machine (it reaches PyPI), once:   bash benchmarks/gpu_check.sh --prepare --wheels
 #    builds seq-128 shards of the packaged offline Wikipedia into out/gpu_carry/shards128 and, with
-#    --wheels, downloads transformers 5 and the packages it checks at import into .whl/ (needed
-#    only when the GPU image's transformers is older than 5).
-# 2. On the GPU machine (carry out/gpu_carry, and .whl when present):   bash benchmarks/gpu_check.sh
+#    --wheels, puts into .whl/ transformers 5 and the packages it checks at import (the GPU image's
+#    transformers may be older) and DeepSpeed (a pure-Python wheel built here; its ops JIT-compile
+#    with the GPU image's nvcc) with the dependencies that image lacks.
+# 2. On the GPU machine (carry out/gpu_carry and .whl):   bash benchmarks/gpu_check.sh
 #    Logs, results.json and RESULTS_gpu.md (the section for benchmarks/RESULTS.md: card, date,
-#    torch version, tables, RESULT line) go to $OUT, else out/gpu_check.
+#    torch version, tables, RESULT lines) go to $OUT, else out/gpu_check.
 # CPU dry run of the plumbing:   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh --dry_run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,10 +36,15 @@ if [ "${1:-}" = --prepare ]; then
         versions=$("$PYTHON" -c 'import importlib.metadata as m; print(" ".join(f"{n}=={m.version(n)}" for n in
             ("transformers", "huggingface-hub", "tokenizers", "safetensors")))')
         mkdir -p .whl
+        versions="$versions $("$PYTHON" -c 'import importlib.metadata as m; print(" ".join(f"{n}=={m.version(n)}" for n in
+            ("hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection")))')"
         # shellcheck disable=SC2086
         "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
             -d .whl $versions
+        # DeepSpeed ships as an sdist: build its wheel here (no ops compiled in; they JIT-build on the GPU)
+        DS_BUILD_OPS=0 "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w .whl \
+            "deepspeed==$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("deepspeed"))')"
     fi
     du -sh "$CARRY" .whl 2>/dev/null || true
     echo "prepared: run on the GPU with carry [\"$CARRY\"$( [ -d .whl ] && echo ', ".whl"' )]"
@@ -64,12 +75,36 @@ EOF
 DATA=(--dataset_path "$SHARDS")
 [ -d "$SHARDS" ] || { echo "note: no $SHARDS (run --prepare and carry it): synthetic lengths"; DATA=(--lengths synthetic); }
 
-echo "== numerics (fast path vs plain path on the $DEVICE)"
-numerics_k=$([ "$DEVICE" = cuda ] && echo cuda || echo "bf16 and cpu")
-timeout 120 "$PYTHON" -m pytest tests/test_fast_path.py -p no:cacheprovider -k "$numerics_k" 2>&1 \
-    | tee "$RESULTS/numerics.log" | tail -3 || echo "numerics FAILED (see $RESULTS/numerics.log)"
-
+PARTS=" ${GPU_CHECK_PARTS:-numerics deepspeed optim speed} "
+PARTS=${PARTS//,/ }
+want() { [[ "$PARTS" == *" $1 "* ]]; }
 SLOW=$([ "$DEVICE" = cuda ] && echo 1 || echo 6)  # a CPU dry run: tiny models, longer limits, no inductor compile
+tests() {  # name, timeout seconds (on the GPU), pytest arguments...
+    local name=$1 limit=$(( $2 * SLOW ))
+    shift 2
+    echo "== tests $name"
+    timeout "$limit" "$PYTHON" -m pytest -p no:cacheprovider -q "$@" 2>&1 | tee "$RESULTS/$name.log" | tail -4 \
+        || echo "tests $name FAILED or timed out (see $RESULTS/$name.log)"
+}
+if want numerics; then  # the fast path vs the plain path on the device
+    tests numerics 75 tests/test_fast_path.py -k "$([ "$DEVICE" = cuda ] && echo cuda || echo "bf16 and cpu")"
+fi
+if want deepspeed; then
+    if "$PYTHON" -c "import deepspeed" 2>/dev/null; then  # the first FusedLamb use JIT-builds its kernel (~1 min)
+        tests deepspeed 150 tests/test_optimizers.py tests/test_pretraining_deepspeed.py \
+            -k "$([ "$DEVICE" = cuda ] && echo cuda || echo "fused or refused")"
+    else
+        echo "== tests deepspeed: skipped, deepspeed is not importable (--prepare --wheels, carry .whl)" \
+            | tee "$RESULTS/deepspeed.log"
+    fi
+fi
+if want optim; then
+    echo "== bench optim"
+    timeout $(( 40 * SLOW )) "$PYTHON" benchmarks/bench_optim.py --device "$DEVICE" \
+        --configs "$([ "$DEVICE" = cuda ] && echo base,large || echo tiny)" --windows 3 2>&1 | grep -v -i warning \
+        | tee "$RESULTS/optim.log" || echo "bench optim failed or timed out"
+fi
+
 bench() {  # name, timeout seconds (on the GPU), bench_pretrain.py arguments...
     local name=$1 limit=$(( $2 * SLOW ))
     shift 2
@@ -82,15 +117,26 @@ BASE=$([ "$DEVICE" = cuda ] && echo base || echo tiny)
 LARGE=$([ "$DEVICE" = cuda ] && echo large || echo tiny)
 HALF=$([ "$DEVICE" = cuda ] && echo fp16 || echo fp32)
 COMPILE=$([ "$DEVICE" = cuda ] && echo ,fast-compile || true)
-bench base_bf16 180 --configs "$BASE" --precisions bf16 --batches 6 --windows 4 --warmup 2 \
-    --variants "hf,default,plain,fast,fast-no_unpad,fast-no_fused_qkv,fast-nested$COMPILE"
-bench base_fp16 70 --configs "$BASE" --precisions "$HALF" --batches 6 --windows 4 --warmup 1 --variants hf,default,fast
-bench large 110 --configs "$LARGE" --precisions "bf16,$HALF" --batches 4 --windows 3 --warmup 1 --variants hf,default,fast
+if want speed; then
+    bench base_bf16 140 --configs "$BASE" --precisions bf16 --batches 6 --windows 4 --warmup 2 \
+        --variants "hf,default,plain,fast,fast-no_unpad,fast-no_fused_qkv,fast-nested$COMPILE"
+    bench base_fp16 50 --configs "$BASE" --precisions "$HALF" --batches 6 --windows 4 --warmup 1 --variants hf,default,fast
+    bench large 80 --configs "$LARGE" --precisions "bf16,$HALF" --batches 4 --windows 3 --warmup 1 \
+        --variants hf,default,fast
+fi
 
 {
     echo "### Pretraining step, $("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")'), $(date -u +%Y-%m-%d), torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
     echo
-    echo "Command: bash benchmarks/gpu_check.sh (numerics: $(tail -1 "$RESULTS/numerics.log"))"
+    echo "Command: GPU_CHECK_PARTS=\"${PARTS# }\" bash benchmarks/gpu_check.sh"
+    echo
+    for name in numerics deepspeed; do
+        if [ -f "$RESULTS/$name.log" ]; then
+            echo "- tests $name: $(grep -E "passed|failed|skipped|error" "$RESULTS/$name.log" | tail -1 || true)"
+        fi
+    done
+    echo
+    if [ -f "$RESULTS/optim.log" ]; then grep -E "^(##|\||FusedLamb|RESULT)" "$RESULTS/optim.log" || true; echo; fi
     for name in base_bf16 base_fp16 large; do  # the RESULT line is base_bf16's (the headline)
         pattern="^(##|\||measured|data loader$([ $name = base_bf16 ] && echo '|RESULT' || true))"
         if [ -f "$RESULTS/$name.log" ]; then grep -E "$pattern" "$RESULTS/$name.log" || true; echo; fi

@@ -106,3 +106,19 @@ def test_a_deepspeed_config_file_is_used_by_the_engine(pretrain_flags, tmp_path)
 def test_gpu_only_features_are_refused_on_the_cpu(pretrain_flags, extra, message):
     with pytest.raises(UserError, match=re.escape(message)):
         pretrain(PretrainingConfig.parse(pretrain_flags("--deepspeed", *extra)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
+@pytest.mark.parametrize("optimizer, extra", [("adamw", []), ("lamb", ["--fused_optimizer", "true"])])
+def test_cuda_fp16_with_dynamic_loss_scaling_learns(pretrain_flags, optimizer, extra):
+    """fp16 on DeepSpeed (its dynamic loss scaler), with torch's fused AdamW and with DeepSpeed's FusedLamb."""
+    flags = pretrain_flags("--deepspeed", "--fp16", "--optimizer_type", optimizer, "--lr", LEARNING_RATES[optimizer],
+                           "--max_steps", "12", *extra)
+    result = pretrain(PretrainingConfig.parse(flags))
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["type"] == "train"]
+    assert result.end["reason"] == "max_steps" and len(train) == 12
+    assert train[-1]["loss_scale"] > 0 and train[-1]["skipped_steps"] < 6, train[-1]
+    applied = [r["loss"] for r in train if r["loss"] == r["loss"]]  # NaN marks a skipped (overflowed) update
+    assert sum(applied[-2:]) / 2 < applied[0] - 0.05, applied
+    assert next(result.model.parameters()).dtype == torch.float16
