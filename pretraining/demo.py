@@ -91,7 +91,9 @@ class DemoArguments:
     max_eval_samples: Optional[int] = field(
         default=1000, metadata={"help": "Evaluate on this many validation examples (a fixed-seed subset)"})
     finetune_max_seq_length: int = field(default=64, metadata={"help": "Fine-tuning sequence length"})
-    finetune_epochs: float = field(default=2.0, metadata={"help": "Fine-tuning epochs of the demo's models"})
+    finetune_epochs: float = field(default=4.0, metadata={
+        "help": "Fine-tuning epochs of the demo's models (with 2, the barely pretrained models stay at the majority "
+                "class)"})
     finetune_lr: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate of the demo's models"})
     finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size (every model)"})
     reference: bool = field(
