@@ -58,6 +58,7 @@ if compgen -G ".whl/*.whl" > /dev/null && [ "$DEVICE" = cuda ]; then
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
+rm -f "$RESULTS"/*.log "$RESULTS"/*.json "$RESULTS/RESULTS_gpu.md"  # this call's results only
 started=$(date +%s)
 
 "$PYTHON" - "$DEVICE" <<'EOF'
@@ -83,7 +84,7 @@ tests() {  # name, timeout seconds (on the GPU), pytest arguments...
     local name=$1 limit=$(( $2 * SLOW ))
     shift 2
     echo "== tests $name"
-    timeout "$limit" "$PYTHON" -m pytest -p no:cacheprovider -q "$@" 2>&1 | tee "$RESULTS/$name.log" | tail -4 \
+    timeout "$limit" "$PYTHON" -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$RESULTS/$name.log" | tail -4 \
         || echo "tests $name FAILED or timed out (see $RESULTS/$name.log)"
 }
 if want numerics; then  # the fast path vs the plain path on the device
@@ -126,7 +127,7 @@ if want speed; then
 fi
 
 {
-    echo "### Pretraining step, $("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")'), $(date -u +%Y-%m-%d), torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+    echo "### GPU check, $("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")'), $(date -u +%Y-%m-%d), torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
     echo
     echo "Command: GPU_CHECK_PARTS=\"${PARTS# }\" bash benchmarks/gpu_check.sh"
     echo
@@ -142,5 +143,5 @@ fi
         if [ -f "$RESULTS/$name.log" ]; then grep -E "$pattern" "$RESULTS/$name.log" || true; echo; fi
     done
 } > "$RESULTS/RESULTS_gpu.md"
-grep RESULT "$RESULTS/base_bf16.log" | tail -1 || true
+grep RESULT "$RESULTS/base_bf16.log" 2>/dev/null | tail -1 || true
 echo "gpu_check done in $(( $(date +%s) - started )) s; section for benchmarks/RESULTS.md: $RESULTS/RESULTS_gpu.md"
