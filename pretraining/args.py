@@ -249,8 +249,8 @@ class DeepSpeedArguments:
     )
     fused_optimizer: Optional[bool] = field(
         default=None,
-        metadata={"help": "Fused optimizer kernels: default auto (torch's fused Adam/AdamW on a GPU); true also "
-                          "picks DeepSpeed's FusedLamb for lamb (GPU only); false forbids them"},
+        metadata={"help": "Fused optimizer kernels: default auto (torch's fused Adam/AdamW, on a GPU or the CPU); "
+                          "true also picks DeepSpeed's FusedLamb for lamb (GPU only); false forbids them"},
     )
     fp16_backend: str = field(
         default="ds",
