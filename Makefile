@@ -29,8 +29,11 @@ test: setup
 demo: setup
 	$(PY) -m pretraining.demo --output_dir $(DEMO_OUT)
 
+# The CPU benchmarks, short settings (a few minutes); benchmarks/RESULTS.md has the full commands.
 bench: setup
 	$(PY) benchmarks/bench_prepare.py
+	$(PY) benchmarks/bench_optim.py --configs tiny,mini --windows 3
+	$(PY) benchmarks/bench_pretrain.py --configs tiny --precisions fp32 --variants hf,default,plain --windows 3
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
