@@ -107,7 +107,10 @@ class Lamb(torch.optim.Optimizer):
         ratios = (weight_norms / update_norms).clamp(group["min_coeff"], group["max_coeff"])
         ratios = torch.where((weight_norms > 0) & (update_norms > 0), ratios, torch.ones_like(ratios))
         step_sizes = [self._step_size(group, t) for t in steps]
-        scales = (ratios * torch.tensor(step_sizes, dtype=ratios.dtype, device=ratios.device)).neg_()
+        if len(set(step_sizes)) == 1:  # the usual case: a Python scalar, no host-to-device copy (a GPU sync)
+            scales = ratios * -step_sizes[0]
+        else:  # tensors whose step counts differ (some had no gradient at some steps)
+            scales = (ratios * torch.tensor(step_sizes, dtype=ratios.dtype, device=ratios.device)).neg_()
         torch._foreach_mul_(updates, list(scales.unbind()))
         torch._foreach_add_(params, updates)
 

@@ -149,6 +149,26 @@ def test_lamb_matches_pytorch_optimizer_lamb_without_clipping():
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_lamb_keeps_a_step_count_per_tensor():
+    """A tensor without a gradient at some step is skipped and its bias correction uses its own step count."""
+    torch.manual_seed(3)
+    shared = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+    alone = [torch.nn.Parameter(p.detach().clone()) for p in shared]
+    settings = dict(lr=0.01, betas=(0.9, 0.98), weight_decay=0.01, bias_correction=True, max_coeff=10.0)
+    together, separate = Lamb(shared, **settings), [Lamb([p], **settings) for p in alone]
+    for step in range(4):
+        for i, (p, q) in enumerate(zip(shared, alone)):
+            grad = None if (i == 1 and step == 0) else torch.randn(p.shape, generator=torch.Generator().manual_seed(
+                10 * step + i))
+            p.grad, q.grad = grad, None if grad is None else grad.clone()
+        together.step()
+        for optimizer in separate:
+            optimizer.step()
+    assert together.state[shared[1]]["step"] == 3
+    for p, q in zip(shared, alone):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+
+
 def test_adafactor_matches_transformers_adafactor():
     from transformers.optimization import Adafactor
 
