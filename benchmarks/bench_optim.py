@@ -32,18 +32,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from pretraining.args import ModelArguments, OptimizerArguments  # noqa: E402
+from bench_pretrain import CONFIGS, model_arguments  # noqa: E402
+from pretraining.args import OptimizerArguments  # noqa: E402
 from pretraining.modeling import BertForPreTraining, build_config  # noqa: E402
 from pretraining.optimizers import build_optimizer  # noqa: E402
 
-CONFIGS = {  # layers, hidden, heads, intermediate
-    "tiny": (2, 128, 2, 512),
-    "mini": (4, 256, 4, 1024),
-    "base": (12, 768, 12, 3072),
-    "large": (24, 1024, 16, 4096),
-}
 #: name -> (optimizer_type, use_fused)
 IMPLEMENTATIONS = {
     "adamw-foreach": ("adamw", False),
@@ -59,12 +54,10 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def build_model(config: str, device: torch.device) -> BertForPreTraining:
-    layers, hidden, heads, intermediate = CONFIGS[config]
-    args = ModelArguments(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                          intermediate_size=intermediate, max_position_embeddings=512)
+    """bench_pretrain.py's model of that size, masked LM only (the pretraining default)."""
     torch.manual_seed(0)
     with device:
-        return BertForPreTraining(build_config(args, vocab_size=30522))
+        return BertForPreTraining(build_config(model_arguments(CONFIGS[config], {"model_type": "bert-mlm"})))
 
 
 def with_gradients(model: BertForPreTraining, seed: int = 1) -> BertForPreTraining:
@@ -79,13 +72,12 @@ def make_optimizer(name: str, model: BertForPreTraining):
     """``name``'s optimizer over ``model``, or None when it cannot run here (e.g. FusedLamb on a CPU)."""
     kind, use_fused = IMPLEMENTATIONS[name]
     if name == "lamb-deepspeed":
+        if next(model.parameters()).device.type != "cuda":
+            return None
         try:
             import deepspeed  # noqa: F401
         except ImportError:
             return None
-    device = next(model.parameters()).device
-    if use_fused and name.startswith("lamb") and device.type != "cuda":
-        return None
     args = OptimizerArguments(optimizer_type=kind, lr=1e-4, weight_decay=0.01, max_coeff=10.0)
     try:
         return build_optimizer(model, args, use_fused=use_fused)

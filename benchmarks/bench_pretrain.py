@@ -99,7 +99,6 @@ VARIANTS: dict[str, dict] = {
     "fast-nested": dict(_FAST, unpadded_attention="nested", fused_optimizer=True),
     "fast-compile": dict(_FAST, torch_compile=True, fused_optimizer=True),
     "default-compile": dict(torch_compile=True),
-    "default-fused_adamw": dict(fused_optimizer=True),
     "default-foreach_adamw": dict(fused_optimizer=False),
     "hf": {},
 }
@@ -200,10 +199,10 @@ def useful_flops(batch: dict, cfg: BenchConfig) -> float:
 
 
 def model_arguments(cfg: BenchConfig, overrides: dict) -> ModelArguments:
-    """ModelArguments for ``cfg`` (MLM + NSP), defaults plus ``overrides``."""
-    return ModelArguments(model_type="bert-mlm-nsp", vocab_size=BERT_VOCAB, hidden_size=cfg.hidden,
-                          num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-                          intermediate_size=cfg.intermediate, max_position_embeddings=512, **overrides)
+    """ModelArguments for ``cfg`` (MLM + NSP unless ``overrides`` say otherwise), defaults plus ``overrides``."""
+    return ModelArguments(**{"model_type": "bert-mlm-nsp", "vocab_size": BERT_VOCAB, "hidden_size": cfg.hidden,
+                             "num_hidden_layers": cfg.layers, "num_attention_heads": cfg.heads,
+                             "intermediate_size": cfg.intermediate, "max_position_embeddings": 512, **overrides})
 
 
 def build_variant(name: str, cfg: BenchConfig, device: torch.device):

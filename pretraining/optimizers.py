@@ -137,18 +137,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def _on_gpu(groups: Iterable[dict]) -> bool:
-    return all(p.is_cuda for g in groups for p in g["params"])
-
-
-def _fused_adam_fits(groups: Iterable[dict]) -> bool:
-    """torch's fused Adam/AdamW kernels apply: all parameters on CUDA, or all on the CPU."""
-    devices = {p.device.type for g in groups for p in g["params"]}
-    return devices in ({"cuda"}, {"cpu"})
+def _device_types(groups: Iterable[dict]) -> set[str]:
+    """The device types the parameters are on ({"cuda"}: all on GPUs)."""
+    return {p.device.type for g in groups for p in g["params"]}
 
 
 def _adam_kwargs(args, groups, use_fused):
-    fused = _fused_adam_fits(groups) if use_fused is None else use_fused
+    # torch's fused Adam/AdamW kernels apply when all parameters are on CUDA, or all on the CPU
+    fused = _device_types(groups) in ({"cuda"}, {"cpu"}) if use_fused is None else use_fused
     return dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, fused=True if fused else None)
 
 
@@ -169,7 +165,7 @@ def _lamb(groups, args, use_fused):
 
 
 def _deepspeed_fused_lamb(groups, kwargs):
-    if not _on_gpu(groups):
+    if _device_types(groups) != {"cuda"}:
         raise UserError("fused LAMB (DeepSpeed FusedLamb) runs only on a GPU; leave use_fused unset to use the "
                         "equivalent torch implementation")
     from deepspeed.ops.lamb import FusedLamb
