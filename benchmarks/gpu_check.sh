@@ -55,11 +55,11 @@ for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_
     shutil.copy(model / name, out / model.parent.name / "model" / name)
 EOF
     if [ "${2:-}" = --wheels ]; then
+        # transformers 5 with what it checks at import; DeepSpeed's dependencies the GPU image lacks
         versions=$("$PYTHON" -c 'import importlib.metadata as m; print(" ".join(f"{n}=={m.version(n)}" for n in
-            ("transformers", "huggingface-hub", "tokenizers", "safetensors")))')
+            ("transformers", "huggingface-hub", "tokenizers", "safetensors",
+             "hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection")))')
         mkdir -p .whl
-        versions="$versions $("$PYTHON" -c 'import importlib.metadata as m; print(" ".join(f"{n}=={m.version(n)}" for n in
-            ("hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection")))')"
         # shellcheck disable=SC2086
         "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
