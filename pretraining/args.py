@@ -32,10 +32,11 @@ class ModelArguments:
                           "in the shards' manifest.json, else the packaged bert-base-uncased vocab"},
     )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for Hub downloads"})
-    vocab_size: int = field(
-        default=30522,
-        metadata={"help": "Vocabulary size of the tokenizer (BERT=30522); the embedding is padded to a multiple of "
-                          "--vocab_pad_multiple for speed and the padding rows are never predicted"},
+    vocab_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Vocabulary size of the model (BERT=30522); default: the tokenizer's (the shards' "
+                          "manifest). The embedding is padded to a multiple of --vocab_pad_multiple for speed and the "
+                          "padding rows are never predicted"},
     )
     vocab_pad_multiple: int = field(
         default=8, metadata={"help": "Pad the embedding/MLM vocabulary to a multiple of this (1 = no padding)"}
@@ -101,7 +102,7 @@ class ModelArguments:
             self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0,
             f"--hidden_size ({self.hidden_size}) must be divisible by --num_attention_heads ({self.num_attention_heads})",
         )
-        check.require(self.vocab_size > 0, "--vocab_size must be > 0")
+        check.require(self.vocab_size is None or self.vocab_size > 0, "--vocab_size must be > 0")
         check.require(self.vocab_pad_multiple >= 1, "--vocab_pad_multiple must be >= 1")
         check.require(0 <= self.hidden_dropout_prob < 1 and 0 <= self.attention_probs_dropout_prob < 1,
                       "dropout probabilities must be in [0, 1)")
@@ -328,7 +329,9 @@ class PretrainingArguments:
         default=24.0, metadata={"help": "Stop after this many hours of training time (checked every step)"}
     )
     max_steps: Optional[int] = field(
-        default=None, metadata={"help": "Stop after this many optimizer steps (default: no limit, the time budget stops)"}
+        default=None, metadata={"help": "Stop after this many optimizer steps (default: no limit, the time budget "
+                                        "stops); 0 exports the initial, untrained weights: the no-pretraining control "
+                                        "of a comparison (same architecture, init and tokenizer)"}
     )
     max_steps_per_epoch: Optional[int] = field(
         default=None, metadata={"help": "At most this many optimizer steps per epoch (shard)"}
@@ -404,7 +407,7 @@ class PretrainingArguments:
                       "--train_batch_size and --train_micro_batch_size_per_gpu must be > 0")
         check.require(self.print_steps > 0, "--print_steps must be > 0")
         check.require(self.early_exit_time_marker > 0, "--early_exit_time_marker must be > 0 hours")
-        check.require(self.max_steps is None or self.max_steps > 0, "--max_steps must be > 0")
+        check.require(self.max_steps is None or self.max_steps >= 0, "--max_steps must be >= 0")
         check.require(self.max_steps_per_epoch is None or self.max_steps_per_epoch > 0, "--max_steps_per_epoch must be > 0")
         check.require(self.num_epochs > 0, "--num_epochs must be > 0")
         check.require(self.keep_checkpoints >= 1, "--keep_checkpoints must be >= 1")

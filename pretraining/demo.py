@@ -35,20 +35,27 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence
 
 from pretraining import report
+from pretraining.checkpoint import list_checkpoints
 from pretraining.cli import ArgumentChecker, parse_args
 from pretraining.errors import UserError, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIMIZERS = ("adamw", "adam", "lamb", "adafactor")
 BUDGET_ENV = "DEMO_BUDGET_MINUTES"
-DEFAULT_BUDGET_MINUTES = 1.25
+DEFAULT_BUDGET_MINUTES = 2.0
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-#: per-optimizer pretraining flags (everything else is equal): shell/<optimizer>.sh's recipe, except LAMB's LR.
-#: LAMB scales each layer's step to lr x its weight norm, so the small model's 0.02-std weights move ~25x slower
-#: than under Adam at the same LR: 4e-3 (the wrapper's, for BERT-large) leaves the loss near 9.8 after 40 steps
-#: where the others reach 7.5; 2e-2 reaches 7.9 (measured on this corpus, L2-H128, batch 32).
-OPTIMIZER_FLAGS = {"adamw": ["--lr", "1e-3"], "adam": ["--lr", "1e-3"], "lamb": ["--lr", "2e-2"],
-                   "adafactor": ["--lr", "2e-3", "--adam_beta1", "0"]}
+#: the run folder of the no-pretraining control (the same model, initialised and exported untrained)
+CONTROL_JOB = "untrained"
+#: per-optimizer pretraining flags (everything else is equal). LAMB scales each layer's step to lr x its weight
+#: norm, so the small model's weights move far slower than under Adam at the same LR: it gets a larger one.
+OPTIMIZER_FLAGS = {"adamw": ["--lr", "5e-3"], "adam": ["--lr", "5e-3"], "lamb": ["--lr", "2e-2"],
+                   "adafactor": ["--lr", "5e-3", "--adam_beta1", "0"]}
+#: the pretraining recipe of every optimizer, from the ablation in benchmarks/RESULTS.md ("Pretraining that pays
+#: off"): no dropout (a budget this short cannot overfit), a larger init scale (a shorter plateau at the unigram
+#: level), pre-LN, time-based linear schedule
+RECIPE_FLAGS = ["--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0", "--initializer_range", "0.05",
+                "--encoder_ln_mode", "pre-ln", "--weight_decay", "0.01", "--adam_beta2", "0.98",
+                "--lr_schedule", "time", "--curve", "linear", "--warmup_proportion", "0.06"]
 #: extra flags per precision, the same for run_pretraining.py and run_glue.py
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
 #: defaults of every stage's environment: offline, unbuffered output, no sub-second progress bars
@@ -74,16 +81,26 @@ class DemoArguments:
         default="auto",
         metadata={"help": "fp32, fp16 or bf16; auto: $PRECISION if set (as the shell wrappers), else fp16 on a "
                           "CUDA GPU and fp32 on the CPU", "choices": list(PRECISIONS)})
+    corpus: list[str] = field(
+        default_factory=lambda: ["rotten_tomatoes-unlabelled"],
+        metadata={"help": "Pretraining corpora (prepare_dataset.py --dataset): by default the fine-tuning task's own "
+                          "unlabelled training text; add wikipedia-offline for the packaged Wikipedia lead sections "
+                          "(at a CPU budget of minutes they dilute the in-domain text)", "nargs": "+"})
+    vocab_size: int = field(
+        default=8192, metadata={"help": "Train a WordPiece vocabulary of this size on the corpus (0: the packaged "
+                                        "bert-base-uncased vocabulary)"})
     max_documents: Optional[int] = field(
-        default=None, metadata={"help": "Use only the first N Wikipedia documents (default: all 10,033)"})
-    max_seq_length: int = field(default=128, metadata={"help": "Pretraining sequence length"})
+        default=None, metadata={"help": "Use only the first N documents of the corpus (default: all)"})
+    max_seq_length: int = field(default=64, metadata={"help": "Pretraining sequence length"})
+    masked_lm_prob: float = field(default=0.3, metadata={"help": "Share of tokens masked in pretraining (more "
+                                                                    "predictions per token processed)"})
     num_train_shards: int = field(
-        default=16, metadata={"help": "Train shards (an epoch is one shard, so this sets how often validation runs)"})
+        default=8, metadata={"help": "Train shards (an epoch is one shard, so this sets how often validation runs)"})
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of the small BERT"})
     num_hidden_layers: int = field(default=2, metadata={"help": "Layers of the small BERT"})
     num_attention_heads: int = field(default=2, metadata={"help": "Attention heads of the small BERT"})
     intermediate_size: int = field(default=512, metadata={"help": "Feed-forward size of the small BERT"})
-    train_batch_size: int = field(default=32, metadata={"help": "Pretraining batch size (sequences per step)"})
+    train_batch_size: int = field(default=64, metadata={"help": "Pretraining batch size (sequences per step)"})
     print_steps: int = field(default=10, metadata={"help": "Pretraining progress line every this many steps"})
     task_name: str = field(default="rotten_tomatoes", metadata={"help": "Fine-tuning task of run_glue.py"})
     max_train_samples: Optional[int] = field(
@@ -96,11 +113,22 @@ class DemoArguments:
                 "class)"})
     finetune_lr: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate of the demo's models"})
     finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size (every model)"})
+    seeds: list[int] = field(
+        default_factory=lambda: [1, 2, 3],
+        metadata={"help": "Fine-tune every model once per seed; the table shows mean, std and the gain over the "
+                          "untrained control", "nargs": "+"})
+    control: bool = field(
+        default=True, metadata={"help": "Also fine-tune the untrained model (same architecture, init and tokenizer) "
+                                        "as the control row every gain is measured against (--control false to skip)"})
     reference: bool = field(
         default=True, metadata={"help": "Also fine-tune the packaged pretrained MiniLM-L6-H384 as a reference row "
                                         "(--reference false to skip)"})
     reference_epochs: float = field(default=1.0, metadata={"help": "Fine-tuning epochs of the reference MiniLM"})
     reference_lr: float = field(default=1e-4, metadata={"help": "Fine-tuning learning rate of the reference MiniLM"})
+    reference_seeds: list[int] = field(
+        default_factory=lambda: [1],
+        metadata={"help": "Seeds of the reference MiniLM (one by default: it is 20x the demo model's cost, and no "
+                          "gain is computed for it)", "nargs": "+"})
     no_wandb: bool = field(
         default=False, metadata={"help": "Do not log pretraining to W&B (default: offline runs in each run folder "
                                          "when no API key is set)"})
@@ -125,6 +153,15 @@ class DemoArguments:
         check.choice("--precision", self.precision, PRECISIONS)
         budget = self.budget()
         check.require(budget > 0, f"the pretraining budget must be > 0 minutes (got {budget})")
+        from pretraining.data.corpus import DATASETS
+
+        for name in self.corpus:
+            check.choice("--corpus", name, DATASETS)
+        check.require(self.vocab_size == 0 or self.vocab_size >= 64, f"--vocab_size must be 0 or >= 64 (got {self.vocab_size})")
+        check.require(0 < self.masked_lm_prob < 1, f"--masked_lm_prob must be in (0, 1) (got {self.masked_lm_prob})")
+        for flag in ("seeds", "reference_seeds"):
+            values = getattr(self, flag)
+            check.require(bool(values) and len(set(values)) == len(values), f"--{flag} must list distinct seeds")
         for flag in ("max_documents", "max_train_samples", "max_eval_samples"):
             value = getattr(self, flag)
             check.require(value is None or value > 0, f"--{flag} must be > 0 (got {value})")
@@ -183,50 +220,47 @@ def _has_end_line(run_dir: Path) -> bool:
     return report.load_run(run_dir).end is not None
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    root = run_dir / "checkpoints"
-    return root.is_dir() and any((p / "state.json").is_file() for p in root.iterdir() if p.is_dir())
-
-
 def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list[Path]]:
-    """The demo's stages in order, and the run folders the report reads."""
+    """The demo's stages in order, and the run folders the report reads (the control first)."""
     out = Path(args.output_dir).resolve()
     data = out / "data"
-    prepare_argv = ["--output_dir", str(data), "--dataset", "wikipedia-offline", "--masking", "dynamic",
+    prepare_argv = ["--output_dir", str(data), "--dataset", *args.corpus, "--masking", "dynamic",
                     "--max_seq_length", str(args.max_seq_length), "--num_train_shards", str(args.num_train_shards),
                     "--dup_factor", "1", "--num_test_shards", "1", "--frac_test", "0.02", "--seed", "42"]
+    if args.vocab_size:
+        prepare_argv += ["--train_tokenizer", str(args.vocab_size)]
     if args.max_documents:
         prepare_argv += ["--max_documents", str(args.max_documents)]
     prepare = Stage("prepare", "prepare_dataset.py", prepare_argv, data,
                     is_complete=lambda: (data / "manifest.json").is_file())
     stages, runs = [prepare], []
     hours = f"{args.budget() / 60:.6g}"
-    for name in args.optimizers:
+    common = ["--dataset_path", str(data), "--output_dir", str(out / "pretrain"), "--model_type", "bert-mlm",
+              "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.num_hidden_layers),
+              "--num_attention_heads", str(args.num_attention_heads), "--intermediate_size", str(args.intermediate_size),
+              "--max_position_embeddings", str(max(args.max_seq_length, args.finetune_max_seq_length)),
+              *RECIPE_FLAGS, "--masked_lm_prob", str(args.masked_lm_prob),
+              "--total_training_time", hours, "--early_exit_time_marker", hours,
+              "--train_batch_size", str(args.train_batch_size),
+              "--train_micro_batch_size_per_gpu", str(args.train_batch_size),
+              "--print_steps", str(args.print_steps), "--do_validation", "--validation_epochs", "1",
+              "--validation_micro_batch", "64", "--num_epochs_between_checkpoints", "10", "--keep_checkpoints", "1",
+              "--project_name", "budget-bert-demo", "--seed", "42", *PRECISION_FLAGS[precision]]
+    if args.no_wandb:
+        common.append("--no_wandb")
+    jobs = [(CONTROL_JOB, ["--optimizer_type", "adamw", *OPTIMIZER_FLAGS["adamw"], "--max_steps", "0"])] \
+        if args.control else []
+    jobs += [(name, ["--optimizer_type", name, *OPTIMIZER_FLAGS[name]]) for name in args.optimizers]
+    for name, flags in jobs:
         run_dir = out / "pretrain" / name
-        argv = ["--dataset_path", str(data), "--output_dir", str(out / "pretrain"), "--job_name", name,
-                "--model_type", "bert-mlm", "--hidden_size", str(args.hidden_size),
-                "--num_hidden_layers", str(args.num_hidden_layers),
-                "--num_attention_heads", str(args.num_attention_heads),
-                "--intermediate_size", str(args.intermediate_size),
-                "--max_position_embeddings", str(max(args.max_seq_length, args.finetune_max_seq_length)),
-                "--encoder_ln_mode", "pre-ln", "--optimizer_type", name, *OPTIMIZER_FLAGS[name],
-                "--weight_decay", "0.01", "--adam_beta2", "0.98", "--lr_schedule", "time", "--curve", "linear",
-                "--warmup_proportion", "0.06", "--total_training_time", hours, "--early_exit_time_marker", hours,
-                "--train_batch_size", str(args.train_batch_size),
-                "--train_micro_batch_size_per_gpu", str(args.train_batch_size),
-                "--print_steps", str(args.print_steps), "--do_validation", "--validation_epochs", "1",
-                "--validation_micro_batch", "64", "--num_epochs_between_checkpoints", "2", "--keep_checkpoints", "1",
-                "--project_name", "budget-bert-demo", "--seed", "42", *PRECISION_FLAGS[precision]]
-        if args.no_wandb:
-            argv.append("--no_wandb")
         pretrain = Stage(
-            f"pretrain-{name}", "run_pretraining.py", argv, run_dir, depends=[prepare],
+            f"pretrain-{name}", "run_pretraining.py", [*common, "--job_name", name, *flags], run_dir, depends=[prepare],
             is_complete=lambda d=run_dir: _has_end_line(d) and (d / "pretrained" / "config.json").is_file(),
             resume_argv=lambda d=run_dir: ["--load_training_checkpoint", str(d), "--load_checkpoint_id", "latest"]
-            if _has_checkpoint(d) else [])
+            if list_checkpoints(d / "checkpoints") else [])
         stages.append(pretrain)
         stages.append(_finetune_stage(args, precision, f"finetune-{name}", run_dir / "pretrained", run_dir, [pretrain],
-                                      lr=args.finetune_lr, epochs=args.finetune_epochs))
+                                      lr=args.finetune_lr, epochs=args.finetune_epochs, seeds=args.seeds))
         runs.append(run_dir)
     if args.reference:
         from pretraining.resources import minilm_dir
@@ -234,7 +268,7 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
         model = minilm_dir()
         run_dir = out / "reference" / "minilm"
         stage = _finetune_stage(args, precision, "finetune-minilm-reference", model, run_dir, [],
-                                lr=args.reference_lr, epochs=args.reference_epochs)
+                                lr=args.reference_lr, epochs=args.reference_epochs, seeds=args.reference_seeds)
         stage.before = lambda: _write_reference_args(run_dir, model, precision)
         stages.append(stage)
         runs.append(run_dir)
@@ -242,13 +276,13 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
 
 
 def _finetune_stage(args: DemoArguments, precision: str, name: str, model: Path, run_dir: Path,
-                    depends: list[Stage], lr: float, epochs: float) -> Stage:
+                    depends: list[Stage], lr: float, epochs: float, seeds: Sequence[int]) -> Stage:
     output = run_dir / report.FINETUNE_DIR / args.task_name
     argv = ["--model_name_or_path", str(model), "--task_name", args.task_name, "--output_dir", str(output),
             "--do_train", "--do_eval", "--max_seq_length", str(args.finetune_max_seq_length),
             "--per_device_train_batch_size", str(args.finetune_batch_size), "--per_device_eval_batch_size", "128",
             "--learning_rate", str(lr), "--num_train_epochs", str(epochs),
-            "--weight_decay", "0.01", "--warmup_ratio", "0.1", "--seed", "42", "--save_strategy", "no",
+            "--weight_decay", "0.01", "--warmup_ratio", "0.1", "--seeds", *map(str, seeds), "--save_strategy", "no",
             "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "20", "--overwrite_output_dir",
             *PRECISION_FLAGS[precision]]
     for flag in ("max_train_samples", "max_eval_samples"):
@@ -392,20 +426,28 @@ def _stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:
 def _settings_section(args: DemoArguments, precision: str, device: str, manifest: dict,
                       timings: Sequence[StageTiming]) -> str:
     counts = manifest.get("counts", {}).get("train", {})
+    vocabulary = (f"a {manifest.get('vocab_size', args.vocab_size):,}-token WordPiece vocabulary trained on it"
+                  if args.vocab_size else "the bert-base-uncased vocabulary")
     lines = [
         "## Demo settings", "",
         f"- device: {device}; precision: {precision}",
-        f"- corpus: packaged Wikipedia lead sections ({counts.get('documents', '?')} train documents, "
-        f"{counts.get('samples', '?')} sequences of {args.max_seq_length} tokens, dynamic masking)",
+        f"- corpus: {' + '.join(args.corpus)} ({counts.get('documents', '?')} train documents, "
+        f"{counts.get('samples', '?')} sequences of up to {args.max_seq_length} tokens, dynamic masking "
+        f"{args.masked_lm_prob:g}), {vocabulary}",
         f"- model: BERT L{args.num_hidden_layers}-H{args.hidden_size}, {args.num_attention_heads} heads, "
         f"FFN {args.intermediate_size}, pre-LN; batch {args.train_batch_size}",
         f"- pretraining: {args.budget():g} minutes of training time per optimizer, time-based linear LR schedule "
-        f"(flags: {'; '.join(o + ' ' + ' '.join(OPTIMIZER_FLAGS[o]) for o in args.optimizers)})",
+        f"(common: {' '.join(RECIPE_FLAGS)}; per optimizer: "
+        f"{'; '.join(o + ' ' + ' '.join(OPTIMIZER_FLAGS[o]) for o in args.optimizers)})",
+        f"- control: {'the same model with no pretraining step (run_pretraining.py --max_steps 0), fine-tuned alike' if args.control else 'none (--control false)'}",
         f"- fine-tuning: {args.task_name}, {args.max_train_samples or 'all'} training examples, "
         f"{args.max_eval_samples or 'all'} validation examples, sequence length {args.finetune_max_seq_length}, "
         f"batch {args.finetune_batch_size}; the demo's models {args.finetune_epochs:g} epoch(s) at LR "
-        f"{args.finetune_lr:g}" + (f", the reference MiniLM-L6-H384 {args.reference_epochs:g} epoch(s) at LR "
-                                   f"{args.reference_lr:g}" if args.reference else ""),
+        f"{args.finetune_lr:g}, seeds {' '.join(map(str, args.seeds))}"
+        + (f"; the reference MiniLM-L6-H384 {args.reference_epochs:g} epoch(s) at LR {args.reference_lr:g}, "
+           f"seeds {' '.join(map(str, args.reference_seeds))}" if args.reference else ""),
+        "- gain vs control: mean difference of the task's main metric in points, ± the combined spread "
+        "sqrt(std^2 + std_control^2); (n.s.) marks a gain no larger than that spread",
         "", "## Stage timings", "",
         "Wall-clock time, and CPU time summed over the stage's threads; a reused stage shows its earlier run.", "",
         "| stage | status | wall time | CPU time |", "|---|---|---|---|",

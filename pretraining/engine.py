@@ -8,7 +8,7 @@ Both give the training loop the same small interface, so there is one loop:
   applied and ``False`` when an fp16 overflow made the loss scaler skip it, or (fp32,
   bf16) when the gradients were not finite: the torch engine then skips the update,
   DeepSpeed has applied it (the loop stops either way and saves nothing),
-* ``zero_grad()``, ``train()`` / ``eval()``, ``evaluate(batch) -> loss`` (no grad),
+* ``zero_grad()``, ``train()`` / ``eval()``, ``evaluate(batch) -> model output`` (no grad),
 * ``save(folder)`` / ``load(folder)`` (model, optimizer, loss scaler),
   ``export_model()`` (the model with full-precision weights; collective under ZeRO).
 
@@ -252,9 +252,10 @@ class TorchEngine:
         self.module.eval()
 
     @torch.no_grad()
-    def evaluate(self, batch: dict) -> torch.Tensor:
+    def evaluate(self, batch: dict):
+        """The model's output (loss, prediction logits) for ``batch``, without gradients."""
         with self._autocast():
-            return self.module(**batch).loss
+            return self.module(**batch)
 
     def export_model(self):
         """The model with full-precision weights, for export (the trained module itself)."""
@@ -348,8 +349,9 @@ class DeepSpeedEngine:
         self.ds.eval()
 
     @torch.no_grad()
-    def evaluate(self, batch: dict) -> torch.Tensor:
-        return self.module(**batch).loss
+    def evaluate(self, batch: dict):
+        """The model's output (loss, prediction logits) for ``batch``, without gradients."""
+        return self.module(**batch)
 
     def fp32_state_dict(self) -> dict:
         """Full-precision weights: DeepSpeed's fp32 master copies where it keeps them (every rank must call)."""

@@ -11,6 +11,7 @@ Three argument groups, parsed with :func:`pretraining.cli.parse_args`:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -27,6 +28,8 @@ from pretraining.cli import ArgumentChecker
 from pretraining.errors import UserError
 
 logger = logging.getLogger("run_glue")
+#: where ``--seeds`` puts each seed's run inside ``--output_dir``
+SEED_DIR = "seed_{}"
 
 
 @dataclass
@@ -114,6 +117,11 @@ class GlueTrainingArguments(TrainingArguments):
     early_stopping_patience: int = field(
         default=-1, metadata={"help": "Stop after this many evaluations without improving the task's main metric "
                                       "and keep the best model (-1 = off)"})
+    seeds: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "Fine-tune once per seed (e.g. --seeds 1 2 3), each run in OUTPUT_DIR/seed_<N>, and write "
+                          "the mean and std of every eval metric over the seeds to OUTPUT_DIR/all_results.json "
+                          "(replaces --seed)", "nargs": "+"})
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:
@@ -129,6 +137,8 @@ class GlueTrainingArguments(TrainingArguments):
             self.save_strategy = self.eval_strategy
             self.eval_steps = self.eval_steps or self.logging_steps
             self.save_steps = self.eval_steps
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds lists a seed twice ({self.seeds})")
         super().__post_init__()
         if self.fp16 and self.device.type == "cpu":
             raise ValueError("--fp16 needs a GPU and none is in use here (device cpu): on a CPU use --bf16 "
@@ -246,27 +256,72 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
     Returns the ``all_results.json`` dict: ``task_name``, train metrics (``train_loss``,
     ``train_runtime``, ``train_samples``, ``epoch``...), eval metrics (``eval_loss``,
     ``eval_<metric>``, ``eval_samples``; MNLI's mismatched ones suffixed ``_mm``).
+    With ``--seeds``, one run per seed in ``OUTPUT_DIR/seed_<N>`` and the summary of
+    :func:`summarize_seeds` (means, ``<key>_std``, ``<key>_per_seed``, ``seeds``).
     """
-    from transformers import set_seed
-
     check = ArgumentChecker()
     data_args.validate(check)
     check.raise_if_any()
     _token_to_environment(training_args)
-    set_seed(training_args.seed)
     data = _subsets(load_data(data_args, model_args.cache_dir), data_args)
     _check_splits(data, training_args)
+    glue.checkpoint_model_type(model_args.model_name_or_path, model_args.cache_dir)  # a bad model path is named first
+    tokenizer = glue.load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
+    data = glue.tokenize_splits(data, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length)
+    if not training_args.seeds:
+        return _finetune_seed(model_args, data_args, training_args, data, tokenizer)
+    output_dir = Path(training_args.output_dir)
+    per_seed = {}
+    for seed in training_args.seeds:
+        args = copy.copy(training_args)
+        args.seed, args.output_dir = seed, str(output_dir / SEED_DIR.format(seed))
+        logger.info("fine-tuning with seed %d of %s into %s", seed, training_args.seeds, args.output_dir)
+        per_seed[seed] = _finetune_seed(model_args, data_args, args, data, tokenizer)
+    results = summarize_seeds(per_seed)
+    if training_args.process_index == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(output_dir / "all_results.json", results)
+    return results
+
+
+def summarize_seeds(per_seed: dict[int, dict]) -> dict:
+    """One results dict for runs that differ only in their seed.
+
+    Every numeric key present in all runs becomes its mean, with ``<key>_std`` (sample
+    standard deviation, ddof=1; 0 for one seed) and ``<key>_per_seed`` (the values in
+    seed order); ``seeds`` lists the seeds. Other keys (``task_name``) are the first run's.
+    """
+    import numpy as np
+
+    runs = list(per_seed.values())
+    out: dict = {"seeds": list(per_seed)}
+    for key, first in runs[0].items():
+        values = [run.get(key) for run in runs]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if not numeric:
+            out[key] = first
+            continue
+        out[key] = float(np.mean(values))
+        out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        out[f"{key}_per_seed"] = [float(v) for v in values]
+    return out
+
+
+def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments, training_args: GlueTrainingArguments,
+                   data: glue.TaskData, tokenizer) -> dict:
+    """One fine-tuning run with ``training_args.seed`` on tokenised ``data``; writes its results files."""
+    from transformers import set_seed
+
+    set_seed(training_args.seed)
     task = data.task
     model, missing = glue.load_model_for_task(model_args.model_name_or_path, task.num_labels, _problem_type(task),
                                               task.label_names, model_args.cache_dir)
-    tokenizer = glue.load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
     glue.check_model_fits(model.config, tokenizer, data_args.max_seq_length, model_args.model_name_or_path)
     if missing:
         logger.info("newly initialised weights (task head): %s", ", ".join(missing))
     teacher = None
     if model_args.teacher_model_name_or_path:
         teacher = _load_teacher(model_args, task, tokenizer, data_args.max_seq_length)
-    data = glue.tokenize_splits(data, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length)
     trainer = build_trainer(model, tokenizer, data, model_args, data_args, training_args, teacher)
 
     output_dir = Path(training_args.output_dir)

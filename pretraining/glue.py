@@ -439,22 +439,29 @@ def load_hub_task(task: TaskSpec, dataset_name: str = GLUE_HUB_DATASET, cache_di
                     {tag: convert(split, False) for tag, split in task.tests})
 
 
-def load_rotten_tomatoes() -> TaskData:
-    """The packaged Rotten Tomatoes snippets: fresh=1 / rotten=0 (plot summaries dropped,
-    duplicate texts dropped), split 90/10 into train/validation with a fixed seed."""
+def rotten_tomatoes_splits():
+    """The packaged Rotten Tomatoes snippets as pandas frames (train, validation): fresh/rotten only
+    (plot summaries dropped, duplicate texts dropped), split 90/10 with a fixed seed; columns
+    ``category``, ``text``, ``movie_name``."""
     import pandas as pd
 
     from pretraining.resources import rotten_tomatoes_csv
 
-    frame = pd.read_csv(rotten_tomatoes_csv(), usecols=["category", "text"])
+    frame = pd.read_csv(rotten_tomatoes_csv(), usecols=["category", "text", "movie_name"])
     frame = frame[frame["category"].isin(["fresh", "rotten"])].drop_duplicates("text").reset_index(drop=True)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(frame))
     n_eval = int(round(len(frame) * ROTTEN_TOMATOES_VALIDATION_FRACTION))
+    return frame.iloc[order[n_eval:]], frame.iloc[order[:n_eval]]
+
+
+def load_rotten_tomatoes() -> TaskData:
+    """The packaged Rotten Tomatoes snippets: fresh=1 / rotten=0, train/validation from
+    :func:`rotten_tomatoes_splits`."""
     task = TASKS["rotten_tomatoes"]
-    frame = frame.rename(columns={"text": "sentence", "category": "label"})
-    train = _normalise(frame.iloc[order[n_eval:]], task, "label", "rotten_tomatoes", labelled=True)
-    validation = _normalise(frame.iloc[order[:n_eval]], task, "label", "rotten_tomatoes", labelled=True)
-    return TaskData(task, train, {"": validation}, {})
+    train, validation = (frame[["category", "text"]].rename(columns={"text": "sentence", "category": "label"})
+                         for frame in rotten_tomatoes_splits())
+    return TaskData(task, _normalise(train, task, "label", "rotten_tomatoes", labelled=True),
+                    {"": _normalise(validation, task, "label", "rotten_tomatoes", labelled=True)}, {})
 
 
 def subset(dataset, max_samples: Optional[int], shuffle: bool = True):
@@ -494,7 +501,8 @@ def _check_local_path(name: str, what: str, flag: str) -> None:
                         "bert-base-uncased)")
 
 
-def _checkpoint_model_type(model_name_or_path: str, cache_dir: Optional[str]) -> str:
+def checkpoint_model_type(model_name_or_path: str, cache_dir: Optional[str]) -> str:
+    """The ``model_type`` of a checkpoint's config; UserError when the folder or its config is missing or unreadable."""
     from transformers import PretrainedConfig
 
     path = Path(model_name_or_path)
@@ -529,7 +537,7 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    model_type = _checkpoint_model_type(model_name_or_path, cache_dir)
+    model_type = checkpoint_model_type(model_name_or_path, cache_dir)
     config_class, model_class = _classifier_classes().get(model_type, (AutoConfig, AutoModelForSequenceClassification))
     kwargs = dict(num_labels=num_labels, problem_type=problem_type)
     if label_names is not None:

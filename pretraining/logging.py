@@ -139,9 +139,13 @@ class RunLogger:
             return
         record = {"type": "eval", **record}
         self._write(record)
-        self.print(f"validation at step {record['step']}: eval loss {record['eval_loss']:.4f}")
+        extra = "".join(f", {label} {record[key]:.4f}" for key, label in (
+            ("eval_mlm_accuracy", "MLM accuracy"), ("eval_unigram_loss", "unigram baseline")) if key in record)
+        self.print(f"validation at step {record['step']}: eval loss {record['eval_loss']:.4f}{extra}")
         if self.run is not None:
-            self.run.log({"validation/loss": record["eval_loss"]}, step=record["step"])
+            self.run.log({"validation/loss": record["eval_loss"],
+                          **{f"validation/{k[len('eval_'):]}": v for k, v in record.items()
+                             if k.startswith("eval_") and k != "eval_loss"}}, step=record["step"])
 
     def end(self, record: dict) -> None:
         if not self.is_main:

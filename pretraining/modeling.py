@@ -141,8 +141,11 @@ def build_config(model_args, vocab_size: int | None = None) -> BertConfig:
     """
     if model_args.fused_linear_layer:
         logger.warning("notice: --fused_linear_layer has no effect (torch fuses bias + activation itself)")
+    vocab_size = vocab_size if vocab_size is not None else model_args.vocab_size
+    if vocab_size is None:
+        raise UserError("the model's vocabulary size is unknown: pass --vocab_size (e.g. the tokenizer's size)")
     return BertConfig(
-        vocab_size=vocab_size if vocab_size is not None else model_args.vocab_size,
+        vocab_size=vocab_size,
         vocab_pad_multiple=model_args.vocab_pad_multiple,
         hidden_size=model_args.hidden_size,
         num_hidden_layers=model_args.num_hidden_layers,

@@ -33,29 +33,41 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "all_results.json"
 FINETUNE_DIR = "finetune"
 
-# (key, markdown header, formatter of a non-missing value)
+# (key, markdown header, formatter of a row -> cell text, or None when the value is missing)
 COLUMNS: list[tuple[str, str, object]] = [
-    ("run", "model name", str),
-    ("model", "model", str),
-    ("optimizer", "optimizer", str),
-    ("precision", "precision", str),
+    ("run", "model name", None),
+    ("model", "model", None),
+    ("optimizer", "optimizer", None),
+    ("precision", "precision", None),
     ("epochs", "epochs", lambda v: f"{v:g}"),
     ("pretrain_loss", "pretrain loss", lambda v: f"{v:.4f}"),
     ("eval_loss", "pretrain eval loss", lambda v: f"{v:.4f}"),
-    ("task", "fine-tune task", str),
+    ("eval_unigram_loss", "unigram baseline", lambda v: f"{v:.4f}"),
+    ("eval_mlm_accuracy", "MLM accuracy", lambda v: f"{v:.4f}"),
+    ("task", "fine-tune task", None),
     ("finetune_loss", "finetune loss", lambda v: f"{v:.4f}"),
-    ("accuracy", "accuracy", lambda v: f"{v:.4f}"),
-    ("f1", "F1", lambda v: f"{v:.4f}"),
-    ("other_metrics", "other metrics", str),
+    ("accuracy", "accuracy", "spread"),
+    ("f1", "F1", "spread"),
+    ("other_metrics", "other metrics", None),
+    ("seeds", "seeds", lambda v: f"{v:d}"),
+    ("gain", "gain vs control (points)", "gain"),
     ("wall_s", "wall time", lambda v: format_duration(v)),
     ("tokens", "tokens seen", lambda v: format_count(v)),
     ("tokens_per_s", "throughput (tokens/s)", lambda v: format_count(v)),
-    ("status", "status", str),
+    ("status", "status", None),
 ]
+#: CSV columns: the table's raw values (a mean under its *_mean name), then the spread and significance
+CSV_NAMES = {"accuracy": "accuracy_mean", "f1": "f1_mean"}
+CSV_EXTRA = ["accuracy_std", "f1_std", "main_metric", "main_mean", "main_std", "gain_spread", "significant",
+             "control", "path"]
 MISSING = "n/a"
+#: the optimizer shown for a no-pretraining control run (``run_pretraining.py --max_steps 0``)
+CONTROL = "none"
 #: eval_* keys of all_results.json that are not task metrics (or have their own column)
 NOT_OTHER_METRICS = {"loss", "accuracy", "f1", "runtime", "samples_per_second", "steps_per_second", "samples",
                      "combined_score", "epoch"}
+#: suffixes run_glue.py --seeds adds to every metric
+SEED_SUFFIXES = ("_std", "_per_seed")
 
 
 @dataclass
@@ -76,7 +88,14 @@ class RunRecord:
         return bool(self.train or self.end or (self.path / METRICS_FILE).exists())
 
     @property
+    def is_control(self) -> bool:
+        """A finished run that took no optimizer step: the untrained model (``--max_steps 0``)."""
+        return self.end is not None and self.end.get("step") == 0
+
+    @property
     def optimizer(self) -> str:
+        if self.is_control:
+            return CONTROL
         return str(self.args.get("optimizer_type") or ("pretrained" if not self.has_pretraining else MISSING))
 
     @property
@@ -258,7 +277,9 @@ def pretraining_summary(record: RunRecord) -> dict:
         throughput = sum(rates) / len(rates) if rates else None
     return {
         "pretrain_loss": loss,
-        "eval_loss": _last(record.evals, "eval_loss"),
+        "eval_loss": _last(record.evals, "eval_mlm_loss") or _last(record.evals, "eval_loss"),
+        "eval_unigram_loss": _last(record.evals, "eval_unigram_loss"),
+        "eval_mlm_accuracy": _last(record.evals, "eval_mlm_accuracy"),
         "epochs": _last(record.train + record.evals, "epoch"),
         "wall_s": wall,
         "tokens": tokens,
@@ -266,27 +287,78 @@ def pretraining_summary(record: RunRecord) -> dict:
     }
 
 
-def finetune_summary(results: dict) -> dict:
-    """Loss, accuracy and F1 of one all_results.json (absent metrics stay None), and its other
-    task metrics (Matthews correlation, Pearson, mismatched accuracy, ...) as one ``name value, ...`` text."""
+def _main_metric(task: Optional[str], results: dict) -> Optional[str]:
+    """The task's main metric (GLUE's table; accuracy for other tasks) if its results have it."""
+    from pretraining.glue import TASKS
 
-    def number(key):
-        value = results.get(key)
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    spec = TASKS.get(str(task))
+    for name in ([spec.main_metric] if spec else []) + ["accuracy"]:
+        if _number(results, f"eval_{name}") is not None:
+            return name
+    return None
 
-    others = [f"{key[len('eval_'):]} {number(key):.4f}" for key in sorted(results)
-              if key.startswith("eval_") and key[len("eval_"):] not in NOT_OTHER_METRICS and number(key) is not None]
-    return {"finetune_loss": number("eval_loss"), "accuracy": number("eval_accuracy"), "f1": number("eval_f1"),
-            "other_metrics": ", ".join(others) or None}
+
+def _number(results: dict, key: str):
+    value = results.get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def finetune_summary(results: dict, task: Optional[str] = None) -> dict:
+    """Loss, accuracy and F1 of one all_results.json (absent metrics stay None), their spread over seeds,
+    the task's main metric, and its other task metrics (Matthews correlation, Pearson, mismatched
+    accuracy, ...) as one ``name value, ...`` text.
+
+    A ``run_glue.py --seeds`` result holds means with ``<key>_std`` and ``<key>_per_seed``; a
+    single run counts as one seed with no spread.
+    """
+    seeds = results.get("seeds")
+    seeds = len(seeds) if isinstance(seeds, list) and seeds else 1
+
+    def spread(key):
+        return _number(results, f"{key}_std") if seeds > 1 else None
+
+    others = [f"{key[len('eval_'):]} {_number(results, key):.4f}" for key in sorted(results)
+              if key.startswith("eval_") and key[len("eval_"):] not in NOT_OTHER_METRICS
+              and not key.endswith(SEED_SUFFIXES) and _number(results, key) is not None]
+    main = _main_metric(task or results.get("task_name"), results)
+    return {"finetune_loss": _number(results, "eval_loss"),
+            "accuracy": _number(results, "eval_accuracy"), "accuracy_std": spread("eval_accuracy"),
+            "f1": _number(results, "eval_f1"), "f1_std": spread("eval_f1"),
+            "other_metrics": ", ".join(others) or None, "seeds": seeds, "main_metric": main,
+            "main_mean": _number(results, f"eval_{main}") if main else None,
+            "main_std": spread(f"eval_{main}") if main else None}
+
+
+def add_gains(rows: list[dict]) -> None:
+    """Give each fine-tuned row its gain over the control row of the same task and model shape.
+
+    ``gain`` = main-metric mean minus the control's, in points (x100); ``gain_spread`` =
+    sqrt(std^2 + std_control^2), also in points; ``significant`` = |gain| > gain_spread,
+    None when either side has a single seed (no spread to judge by).
+    """
+    controls = {(r["task"], r["model"]): r for r in rows if r["optimizer"] == CONTROL and r["main_mean"] is not None}
+    for row in rows:
+        control = controls.get((row["task"], row["model"]))
+        row.update(gain=None, gain_spread=None, significant=None, control=None)
+        if control is None or row is control or row["main_mean"] is None or row["main_metric"] != control["main_metric"]:
+            continue
+        row["control"] = control["run"]
+        row["gain"] = 100.0 * (row["main_mean"] - control["main_mean"])
+        if row["main_std"] is not None and control["main_std"] is not None:
+            row["gain_spread"] = 100.0 * math.hypot(row["main_std"], control["main_std"])
+            row["significant"] = abs(row["gain"]) > row["gain_spread"]
 
 
 def summarize(records: Sequence[RunRecord], task: Optional[str] = None) -> list[dict]:
     """One table row per (run, fine-tune task); a run without fine-tune results gets one row.
 
     ``task`` keeps only that task's results (others are ignored). Values are raw numbers
-    or None for missing ones; :func:`render_markdown` formats them.
+    or None for missing ones; :func:`render_markdown` formats them. Rows of the same task
+    and model shape as a control run (optimizer ``none``) get their gain over it.
     """
     rows = []
+    empty = {**finetune_summary({}), "finetune_loss": None, "accuracy": None, "f1": None, "other_metrics": None,
+             "seeds": None}
     for record in records:
         base = {"run": record.name, "model": _model_label(record.args), "optimizer": record.optimizer,
                 "precision": record.precision, "path": str(record.path)}
@@ -294,16 +366,31 @@ def summarize(records: Sequence[RunRecord], task: Optional[str] = None) -> list[
         tasks = {k: v for k, v in record.finetune.items() if task is None or k == task}
         status = _status(record, bool(tasks))
         if not tasks:
-            rows.append({**base, "task": None, "finetune_loss": None, "accuracy": None, "f1": None,
-                         "other_metrics": None, "status": status})
+            rows.append({**base, "task": None, **empty, "status": status})
         for name, results in tasks.items():
-            rows.append({**base, "task": name, **finetune_summary(results), "status": status})
+            rows.append({**base, "task": name, **finetune_summary(results, name), "status": status})
+    add_gains(rows)
     return rows
 
 
-def _cell(value, formatter) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def _cell(row: dict, key: str, formatter) -> str:
+    """The markdown cell of ``row[key]``: "mean ± std" for a metric over seeds, the gain with its spread."""
+    value = row.get(key)
+    if _missing(value):
         return MISSING
+    if formatter is None:
+        return str(value)
+    if formatter == "spread":
+        std = row.get(f"{key}_std")
+        return f"{value:.4f}" if _missing(std) else f"{value:.4f} ± {std:.4f}"
+    if formatter == "gain":
+        if _missing(row.get("gain_spread")):
+            return f"{value:+.1f} (1 seed)"
+        return f"{value:+.1f} ± {row['gain_spread']:.1f}" + ("" if row["significant"] else " (n.s.)")
     return formatter(value)
 
 
@@ -313,19 +400,21 @@ def render_markdown(rows: Sequence[dict]) -> str:
     rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
     lines = [header, rule]
     for row in rows:
-        cells = [_cell(row.get(key), fmt).replace("|", "\\|") for key, _, fmt in COLUMNS]
+        cells = [_cell(row, key, fmt).replace("|", "\\|") for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def render_csv(rows: Sequence[dict]) -> str:
-    """The table as CSV with raw (unformatted) numbers and empty cells for missing values."""
-    keys = [key for key, _, _ in COLUMNS] + ["path"]
+    """The table as CSV with raw (unformatted) numbers and empty cells for missing values; a metric over
+    seeds is its mean (``accuracy_mean``) with ``accuracy_std`` beside it."""
+    keys = [key for key, _, _ in COLUMNS] + CSV_EXTRA
+    names = [CSV_NAMES.get(key, key) for key in keys]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(names)
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+        writer.writerow(["" if row.get(k) is None else row.get(k) for k in keys])
     return buffer.getvalue()
 
 
@@ -353,8 +442,9 @@ def _unit(largest: float, units) -> tuple[float, str]:
     return units[-1][1], units[-1][2]
 
 
-def _plot_lines(ax, records, colors, entries_of, x_key, y_key, x_kind, ylabel, title):
-    """One line per run of ``y_key`` against ``x_key`` ("time" or "tokens" axis, unit picked from the data)."""
+def _plot_lines(ax, records, colors, entries_of, x_key, y_key, x_kind, ylabel, title) -> float:
+    """One line per run of ``y_key`` against ``x_key`` ("time" or "tokens" axis, unit picked from the data);
+    returns the divisor of the x unit it picked."""
     curves = []
     for record in records:
         xs, ys = _curve(entries_of(record), x_key, y_key)
@@ -380,6 +470,21 @@ def _plot_lines(ax, records, colors, entries_of, x_key, y_key, x_kind, ylabel, t
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+    return divisor
+
+
+def _mlm_evals(record: RunRecord) -> list[dict]:
+    """Eval lines with the masked-LM loss as ``eval_loss`` (NSP runs log it apart as ``eval_mlm_loss``)."""
+    return [{**e, "eval_loss": e.get("eval_mlm_loss", e.get("eval_loss"))} for e in record.evals]
+
+
+def _plot_baselines(ax, records, colors, divisor: float) -> None:
+    """Each run's no-context baseline (``eval_unigram_loss``) as a dotted line in its colour over its evals' x-range."""
+    for record in records:
+        xs, ys = _curve(record.evals, "tokens", "eval_unigram_loss")
+        if xs:
+            ax.plot([min(xs) / divisor, max(xs) / divisor], [sum(ys) / len(ys)] * 2, color=colors[record.name],
+                    linestyle=":", linewidth=1.5)
 
 
 def _plot_finetune_bars(ax, rows, colors):
@@ -409,8 +514,12 @@ def _plot_finetune_bars(ax, rows, colors):
                 ax.text(pos + offset, 0.02, f"no {key}", ha="center", va="bottom", fontsize=8, rotation=90,
                         color="dimgray")
                 continue
-            ax.bar(pos + offset, value, width, color=color, hatch=hatch, edgecolor="black", linewidth=0.5)
-            ax.text(pos + offset, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+            std = row.get(f"{key}_std")
+            ax.bar(pos + offset, value, width, color=color, hatch=hatch, edgecolor="black", linewidth=0.5,
+                   yerr=std, capsize=3 if std else 0)
+            ax.text(pos + offset, value + (std or 0) + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+        if row["optimizer"] == CONTROL and row.get("accuracy") is not None:
+            ax.axhline(row["accuracy"], color="gray", linestyle="--", linewidth=1, label="control accuracy")
     ax.set_xticks(np.asarray(positions), labels, fontsize=7)
     if positions:
         ax.set_xlim(positions[0] - 0.7, positions[-1] + 0.7)
@@ -442,8 +551,9 @@ def plot_runs(records: Sequence[RunRecord], rows: Sequence[dict], path: str | Pa
                     "training loss (MLM)", "Pretraining loss vs wall-clock time")
         _plot_lines(axes[0, 1], records, colors, lambda r: r.train, "tokens", "loss", "tokens",
                     "training loss (MLM)", "Pretraining loss vs tokens")
-        _plot_lines(axes[1, 0], records, colors, lambda r: r.evals, "tokens", "eval_loss", "tokens",
-                    "validation loss (MLM)", "Pretraining validation loss vs tokens")
+        divisor = _plot_lines(axes[1, 0], records, colors, _mlm_evals, "tokens", "eval_loss", "tokens",
+                              "validation loss (MLM)", "Pretraining validation loss vs tokens (dotted: unigram baseline)")
+        _plot_baselines(axes[1, 0], records, colors, divisor)
         _plot_finetune_bars(axes[1, 1], [r for r in rows if r["task"] or r["optimizer"] != "pretrained"], colors)
         fig.suptitle("Budget BERT: pretraining and fine-tuning by optimizer and precision "
                      "(dashed = partial run)", fontsize=13)

@@ -62,6 +62,7 @@ from pretraining.checkpoint import (CorruptCheckpoint, list_checkpoints, load_ch
                                    save_checkpoint)
 from pretraining.cli import ArgumentChecker, asdict, parse_args
 from pretraining.errors import UserError
+from pretraining.evaluation import MaskedLMSums, unigram_log_probs
 
 ARGUMENT_GROUPS = (ModelArguments, OptimizerArguments, SchedulerArguments, DatasetArguments, DeepSpeedArguments,
                    PretrainingArguments)
@@ -136,13 +137,17 @@ def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, li
     return max(accum, 1), notices
 
 
-def load_tokenizer(name: str | None, manifest: dict | None):
-    """``--tokenizer_name``, else the manifest's tokenizer, else the packaged bert-base-uncased."""
+def load_tokenizer(name: str | None, manifest: dict | None, dataset_path: str | None = None):
+    """``--tokenizer_name``, else the manifest's tokenizer (a relative one is the dataset folder's own, e.g. the
+    vocabulary ``prepare_dataset.py --train_tokenizer`` trained), else the packaged bert-base-uncased."""
     from transformers import AutoTokenizer
 
     from pretraining.resources import default_tokenizer_dir
 
-    source = name or (manifest or {}).get("tokenizer") or str(default_tokenizer_dir())
+    recorded = (manifest or {}).get("tokenizer")
+    if recorded and dataset_path and not Path(recorded).is_absolute() and (Path(dataset_path) / recorded).is_dir():
+        recorded = str(Path(dataset_path) / recorded)
+    source = name or recorded or str(default_tokenizer_dir())
     try:
         return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -150,12 +155,13 @@ def load_tokenizer(name: str | None, manifest: dict | None):
                         "with a local tokenizer folder (or a Hub name when online)") from None
 
 
-def build_model(model_args):
-    """A new BERT from the architecture flags, or the weights of ``--model_name_or_path`` (its own architecture)."""
+def build_model(model_args, vocab_size: int):
+    """A new BERT from the architecture flags (``--vocab_size``, else ``vocab_size``: the tokenizer's), or the
+    weights of ``--model_name_or_path`` (its own architecture)."""
     from pretraining.modeling import BertForPreTraining, build_config
 
     if not model_args.model_name_or_path:
-        return BertForPreTraining(build_config(model_args))
+        return BertForPreTraining(build_config(model_args, vocab_size=model_args.vocab_size or vocab_size))
     try:
         return BertForPreTraining.from_pretrained(
             model_args.model_name_or_path, cache_dir=model_args.cache_dir,
@@ -165,6 +171,11 @@ def build_model(model_args):
         raise UserError(f"--model_name_or_path {model_args.model_name_or_path!r} could not be loaded "
                         f"({str(exc).splitlines()[0]}): give a folder written by run_pretraining.py (pretrained/) "
                         "or a BERT checkpoint") from None
+
+
+def data_vocab_size(manifest: dict | None, tokenizer) -> int:
+    """The vocabulary the shards and tokenizer need: the larger of the manifest's and the tokenizer's."""
+    return max(int((manifest or {}).get("vocab_size") or 0), len(tokenizer))
 
 
 def check_vocab(dataset_path: str, manifest: dict | None, tokenizer, model_vocab: int) -> None:
@@ -295,7 +306,7 @@ class Pretraining:
         self.train_shards = list_shards(data.dataset_path, "train")
         self.test_shards = list_shards(data.dataset_path, "test") if run.do_validation else []
         self.manifest = read_manifest(data.dataset_path)
-        self.tokenizer = load_tokenizer(config.model.tokenizer_name, self.manifest)
+        self.tokenizer = load_tokenizer(config.model.tokenizer_name, self.manifest, data.dataset_path)
         self.nsp = config.model.model_type == "bert-mlm-nsp"
         self.inputs = MODEL_INPUTS + (("next_sentence_label",) if self.nsp else ())
         self.collate = PretrainingCollator(
@@ -304,10 +315,13 @@ class Pretraining:
             max_predictions_per_seq=data.max_predictions_per_seq)
 
         set_seeds(run.seed)
-        model = build_model(config.model).to(self.dist.device)
+        model = build_model(config.model, data_vocab_size(self.manifest, self.tokenizer)).to(self.dist.device)
         check_vocab(data.dataset_path, self.manifest, self.tokenizer, model.config.vocab_size)
         check_shards(self.train_shards + self.test_shards, model.config.max_position_embeddings)
         self.read_shard = functools.partial(read_shard, vocab_size=model.config.vocab_size)
+        self.unigram = torch.as_tensor(unigram_log_probs(data.dataset_path, self.train_shards, self.read_shard,
+                                                         model.config.vocab_size, self.tokenizer, notices),
+                                       dtype=torch.float32, device=self.dist.device) if run.do_validation else None
         self.compatibility = config.compatibility(model.config)
         if config.model.model_name_or_path:
             notices.append(f"--model_name_or_path: the architecture comes from {config.model.model_name_or_path} "
@@ -538,20 +552,18 @@ class Pretraining:
         shard = self.test_shards[progress.validations % len(self.test_shards)]
         progress.validations += 1
         self.engine.eval()
-        total, count = 0.0, 0
+        sums = MaskedLMSums()
         for batch in validation_batches(shard, read=self.read_shard, collate=self.collate,
                                         micro_batch=self.config.run.validation_micro_batch, rank=self.dist.rank,
                                         world_size=self.dist.world_size, seed=self.config.run.seed):
-            predicted = int((batch["labels"] != -100).sum())  # weight by predictions: the mean over all of them
-            total += float(self.engine.evaluate(self._to_device(batch))) * predicted
-            count += predicted
+            batch = self._to_device(batch)
+            sums.add(self.engine.evaluate(batch), batch["labels"], self.unigram)
         self.engine.train()
-        total, count = self.dist.sum([total, count])
-        eval_loss = total / count if count else math.nan
+        metrics = sums.metrics(self.dist.sum(sums.values()), nsp=self.nsp)
         progress.last_eval_step = progress.step
         self.logger.eval({"step": progress.step, "epoch": progress.epoch, "elapsed_s": progress.elapsed_s,
-                          "tokens": progress.tokens, "eval_loss": eval_loss})
-        return eval_loss
+                          "tokens": progress.tokens, **metrics})
+        return metrics["eval_loss"]
 
     def _checkpoint(self) -> Path:
         progress = self.progress

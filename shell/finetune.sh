@@ -11,12 +11,13 @@
 # Environment (default): TASKS (TASK, else mrpc), OUTPUT_DIR (MODEL_DIR/finetune; each task in OUTPUT_DIR/TASK),
 # LR (5e-5), BATCH_SIZE (32), EVAL_BATCH_SIZE (32), GRAD_ACCUM (1), EPOCHS (5), WEIGHT_DECAY (0.01),
 # MAX_SEQ_LENGTH (128), EVAL_STEPS (50), WARMUP_STEPS (50), LR_SCHEDULER (polynomial), MAX_GRAD_NORM (1.0),
-# SEED (42), PYTHON (the repo's .venv python, else python3). Flags given after TASK reach run_glue.py last,
-# so they override all of these.
+# SEED (42), SEEDS (e.g. "1 2 3": one run per seed in OUTPUT_DIR/TASK/seed_N, their mean and std in
+# OUTPUT_DIR/TASK/all_results.json; replaces SEED), PYTHON (the repo's .venv python, else python3).
+# Flags given after TASK reach run_glue.py last, so they override all of these.
 set -euo pipefail
 
 usage() {
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 [[ $# -ge 1 && $1 != -* ]] || usage
@@ -34,6 +35,13 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 TASKS=${TASKS:-${TASK:-mrpc}}
 OUTPUT_DIR=${OUTPUT_DIR:-$MODEL_DIR/finetune}
+
+if [[ -n ${SEEDS:-} ]]; then
+    # shellcheck disable=SC2206
+    SEED_FLAGS=(--seeds $SEEDS)
+else
+    SEED_FLAGS=(--seed "${SEED:-42}")
+fi
 
 failed=()
 for task in $TASKS; do
@@ -54,7 +62,7 @@ for task in $TASKS; do
         --lr_scheduler_type "${LR_SCHEDULER:-polynomial}" \
         --warmup_steps "${WARMUP_STEPS:-50}" \
         --max_grad_norm "${MAX_GRAD_NORM:-1.0}" \
-        --seed "${SEED:-42}" \
+        "${SEED_FLAGS[@]}" \
         --save_strategy no \
         "$@"; then
         failed+=("$task")

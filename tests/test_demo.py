@@ -118,7 +118,8 @@ def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
                "adafactor", "--budget_minutes", "0.04", "--max_documents", "200", "--num_train_shards", "2",
                "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
                "--intermediate_size", "64", "--train_batch_size", "8", "--print_steps", "2",
-               "--max_train_samples", "32", "--max_eval_samples", "48", "--finetune_max_seq_length", "32", *extra]
+               "--max_train_samples", "32", "--max_eval_samples", "48", "--finetune_max_seq_length", "32",
+               "--vocab_size", "300", "--seeds", "1", "2", *extra]
     env = {**os.environ, "PRECISION": "fp32", "WANDB_MODE": "disabled"}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -130,22 +131,31 @@ def test_demo_end_to_end_then_reuse(tmp_path):
     result = _demo(out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     stdout = result.stdout
-    for stage in ("prepare", "pretrain-adamw", "finetune-adamw", "pretrain-adafactor", "finetune-adafactor",
-                  "finetune-minilm-reference"):
+    for stage in ("prepare", "pretrain-untrained", "finetune-untrained", "pretrain-adamw", "finetune-adamw",
+                  "pretrain-adafactor", "finetune-adafactor", "finetune-minilm-reference"):
         assert f"{stage}: done in" in stdout
         assert (out / "logs" / f"{stage}.log").stat().st_size > 0
     assert "training ended (time_budget)" in stdout  # the scripts' own progress is visible
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["tokenizer"] == "tokenizer" and manifest["vocab_size"] <= 300  # the corpus's own vocabulary
 
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
-    assert [r["run"] for r in rows] == ["adamw", "adafactor", "minilm-reference"]
-    for row, optimizer in zip(rows, ["adamw", "adafactor", "pretrained"]):
+    assert [r["run"] for r in rows] == ["untrained", "adamw", "adafactor", "minilm-reference"]
+    for row, optimizer in zip(rows, ["none", "adamw", "adafactor", "pretrained"]):
         assert row["optimizer"] == optimizer and row["precision"] == "fp32" and row["task"] == "rotten_tomatoes"
-        assert 0.0 <= float(row["accuracy"]) <= 1.0
-    for row in rows[:2]:
-        assert row["status"] == "complete (time_budget)" and float(row["pretrain_loss"]) > 0
+        assert 0.0 <= float(row["accuracy_mean"]) <= 1.0
+    for row in rows[:3]:
         results = json.loads((out / "pretrain" / row["run"] / "finetune" / "rotten_tomatoes" /
                               "all_results.json").read_text())
-        assert float(row["accuracy"]) == results["eval_accuracy"]
+        assert float(row["accuracy_mean"]) == results["eval_accuracy"] and row["seeds"] == "2"
+        assert float(row["accuracy_std"]) == results["eval_accuracy_std"] and results["seeds"] == [1, 2]
+    assert rows[0]["status"] == "complete (max_steps)" and rows[0]["gain"] == ""  # the control itself
+    for row in rows[1:3]:
+        assert row["status"] == "complete (time_budget)" and float(row["pretrain_loss"]) > 0
+        assert row["control"] == "untrained"
+        assert float(row["gain"]) == pytest.approx(100 * (float(row["accuracy_mean"]) - float(rows[0]["accuracy_mean"])))
+        assert float(row["eval_unigram_loss"]) > 0 and 0 <= float(row["eval_mlm_accuracy"]) <= 1
+    assert rows[3]["seeds"] == "1" and rows[3]["gain"] == ""  # the reference: another architecture
     markdown = (out / "results.md").read_text()
     assert "| adamw | L1-H32 | adamw | fp32 |" in markdown and "## Stage timings" in markdown
     assert "| adamw | L1-H32 | adamw | fp32 |" in stdout  # the table is printed
@@ -158,7 +168,7 @@ def test_demo_end_to_end_then_reuse(tmp_path):
     before = metrics.read_bytes()
     again = _demo(out)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.count(": reused (") == 6 and "running" not in again.stdout
+    assert again.stdout.count(": reused (") == 8 and "running" not in again.stdout
     assert metrics.read_bytes() == before
 
 

@@ -117,7 +117,7 @@ def test_prepare_killed_at_several_moments_resumes_to_identical_files(tiny_shard
     # a finished run whose scratch folder survived: the rerun only cleans up
     done = run_with_fault(None, "prepare_dataset.py", *flags)
     assert done.returncode == 0 and "nothing to do" in done.stderr, done.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json", "token_counts.json"])
     assert {p.name: sha256_file(p) for p in out.glob("*.hdf5")} == reference
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing written outside --output_dir
 
@@ -139,7 +139,7 @@ def test_prepare_killed_at_a_random_moment_leaves_no_workers_and_resumes(tiny_sh
     _assert_nothing_partial(out, reference)
 
     assert main(flags)["sha256"] == reference
-    assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json", "token_counts.json"])
 
 
 class FullDisk:
@@ -199,7 +199,7 @@ def test_disk_full_while_writing_a_shard_is_one_clear_error_and_a_rerun_complete
 
     monkeypatch.undo()  # space freed: the rerun resumes (the tokenized chunks were kept) and completes
     assert main(flags)["sha256"] == reference
-    assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json", "token_counts.json"])
 
 
 # --- run_pretraining.py --------------------------------------------------------------------------------------

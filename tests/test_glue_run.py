@@ -161,3 +161,32 @@ def test_finetune_sh_runs_and_prints_a_table(tiny_exports, tmp_path):
     assert "| rotten_tomatoes | accuracy " in proc.stdout
     args = json.loads((tmp_path / "ft" / "rotten_tomatoes" / "train_results.json").read_text())
     assert args["train_samples"] == 32
+
+
+def test_seeds_run_once_each_and_summarise(tiny_exports, tmp_path):
+    out = tmp_path / "seeds"
+    results = _run("--model_name_or_path", tiny_exports["pre-ln"], "--task_name", "rotten_tomatoes", "--output_dir", out,
+                   "--do_train", "--do_eval", "--max_train_samples", 64, "--max_eval_samples", 48,
+                   *[a for a in TINY if a not in ("--seed", "0")], "--seeds", 3, 4, 5)
+    per_seed = [json.loads((out / f"seed_{s}" / "all_results.json").read_text()) for s in (3, 4, 5)]
+    accuracies = [r["eval_accuracy"] for r in per_seed]
+    assert results["seeds"] == [3, 4, 5] and results["eval_accuracy_per_seed"] == accuracies
+    assert results["eval_accuracy"] == pytest.approx(np.mean(accuracies))
+    assert results["eval_accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert len({r["train_loss"] for r in per_seed}) == 3  # the seed changes the run (head init, order, dropout)
+    assert json.loads((out / "all_results.json").read_text()) == results
+    with pytest.raises(SystemExit):
+        _run("--model_name_or_path", tiny_exports["pre-ln"], "--task_name", "rotten_tomatoes", "--output_dir", out,
+             "--do_eval", "--seeds", 1, 1)
+
+
+def test_finetune_sh_seeds(tiny_exports, tmp_path):
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "ft"), "EPOCHS": "1", "EVAL_STEPS": "1000", "MAX_SEQ_LENGTH": "32",
+           "BATCH_SIZE": "16", "WARMUP_STEPS": "0", "LR": "1e-3", "SEEDS": "1 2"}
+    proc = subprocess.run(["bash", str(ROOT / "shell" / "finetune.sh"), str(tiny_exports["post-ln"]), "rotten_tomatoes",
+                           "--max_train_samples", "32", "--max_eval_samples", "16", "--disable_tqdm", "true"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "ft" / "rotten_tomatoes" / "all_results.json").read_text())
+    assert results["seeds"] == [1, 2] and "eval_accuracy_std" in results
+    assert (tmp_path / "ft" / "rotten_tomatoes" / "seed_2" / "eval_results.json").is_file()

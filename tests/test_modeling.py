@@ -236,7 +236,9 @@ def test_build_config_from_flags():
     assert config.vocab_size == 30522 and config.padded_vocab_size == 30528
     assert config.next_sentence_prediction and config.encoder_ln_mode == "pre-ln" and config.sparse_mask_prediction
     assert (config.hidden_size, config.num_hidden_layers, config.layer_norm_type) == (64, 3, "pytorch")
-    assert not build_config(ModelArguments(model_type="bert-mlm")).next_sentence_prediction
+    assert not build_config(ModelArguments(model_type="bert-mlm"), vocab_size=96).next_sentence_prediction
+    with pytest.raises(UserError, match="vocabulary size is unknown: pass --vocab_size"):
+        build_config(ModelArguments(model_type="bert-mlm"))  # no flag and no tokenizer's size
     assert isinstance(config, transformers.BertConfig)
 
 

@@ -220,7 +220,7 @@ def test_killed_runs_resume_to_identical_files(tmp_path):
     # 3: the last rerun (in this process) completes with exactly the files of an uninterrupted run
     assert main(command[2:])["sha256"] == reference
     assert _hashes(out) == reference == read_manifest(out)["sha256"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json", "token_counts.json"])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -268,4 +268,4 @@ def test_flags_parse_with_academic_budget_bert_style_booleans(tmp_path):
     config = tmp_path / "args.json"
     config.write_text(json.dumps({"output_dir": "out", "dataset": "wikipedia", "dataset_config": "20231101.simple"}))
     (args,) = parse_args([PrepareArguments], [str(config)])
-    assert (args.dataset, args.dataset_config, args.dup_factor) == ("wikipedia", "20231101.simple", 10)
+    assert (args.dataset, args.dataset_config, args.dup_factor) == (["wikipedia"], "20231101.simple", 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import io
 import json
 import struct
@@ -98,15 +99,16 @@ def test_table_values_equal_inputs(runs, tmp_path):
 
     # The CSV carries the same raw numbers; the markdown shows them formatted, n/a where missing.
     parsed = {r["run"]: r for r in csv.DictReader(io.StringIO(csv_path.read_text()))}
-    assert float(parsed["adamw_run"]["accuracy"]) == 0.6875 and float(parsed["lamb_run"]["pretrain_loss"]) == 8.0
-    assert parsed["lamb_run"]["f1"] == "" and parsed["adafactor_run"]["task"] == ""
+    assert float(parsed["adamw_run"]["accuracy_mean"]) == 0.6875 and float(parsed["lamb_run"]["pretrain_loss"]) == 8.0
+    assert parsed["lamb_run"]["f1_mean"] == "" and parsed["adafactor_run"]["task"] == ""
+    assert parsed["adamw_run"]["seeds"] == "1" and parsed["adamw_run"]["accuracy_std"] == ""
     markdown = out.read_text()
     assert table in markdown and "results.png" in markdown
     adamw_line = next(line for line in table.splitlines() if line.startswith("| adamw_run"))
     cells = [c.strip() for c in adamw_line.strip("|").split("|")]
-    assert cells[:11] == ["adamw_run", "L2-H128", "adamw", "fp32", "1", "7.2500", "7.4000", "rotten_tomatoes",
-                          "0.6100", "0.6875", "0.7011"]
-    assert cells[11:15] == ["n/a", "13s", "16.4k", "2.05k"]
+    assert cells[:13] == ["adamw_run", "L2-H128", "adamw", "fp32", "1", "7.2500", "7.4000", "n/a", "n/a",
+                          "rotten_tomatoes", "0.6100", "0.6875", "0.7011"]
+    assert cells[13:19] == ["n/a", "1", "n/a", "13s", "16.4k", "2.05k"]  # no control among these runs: no gain
     lamb_line = next(line for line in table.splitlines() if line.startswith("| lamb_run"))
     assert "| n/a |" in lamb_line  # no F1 for this run
     assert len(table.splitlines()) == 2 + 5
@@ -192,3 +194,78 @@ def test_formatters():
     assert report.format_duration(9) == "9s"
     assert report.format_count(1_234_567) == "1.23M"
     assert report.format_count(512) == "512"
+
+
+def _seeded(accuracies, f1s=None) -> dict:
+    """all_results.json of run_glue.py --seeds: built by its own summary of per-seed results."""
+    from pretraining.finetune import summarize_seeds
+
+    f1s = f1s or accuracies
+    return summarize_seeds({seed: {"task_name": "rotten_tomatoes", "eval_loss": 0.6, "eval_accuracy": acc,
+                                   "eval_f1": f1, "epoch": 4.0}
+                            for seed, acc, f1 in zip(range(1, len(accuracies) + 1), accuracies, f1s)})
+
+
+def test_summarize_seeds_means_and_sample_std():
+    summary = _seeded([0.70, 0.72, 0.74])
+    assert summary["seeds"] == [1, 2, 3] and summary["task_name"] == "rotten_tomatoes"
+    assert summary["eval_accuracy"] == pytest.approx(0.72)
+    assert summary["eval_accuracy_std"] == pytest.approx(0.02)  # sample std (ddof=1), not population std
+    assert summary["eval_accuracy_per_seed"] == [0.70, 0.72, 0.74]
+    assert _seeded([0.7])["eval_accuracy_std"] == 0.0
+
+
+def test_control_row_seed_statistics_and_gains(tmp_path):
+    root = tmp_path / "runs"
+    untrained = _write_run(root, "untrained", "adamw", "fp32", [], evals=[(0, 10.4)], end=False,
+                           finetune=_seeded([0.69, 0.70, 0.71]))
+    metrics = untrained / "metrics.jsonl"  # a --max_steps 0 run: its end line says step 0
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines[0].update(eval_unigram_loss=7.05, eval_mlm_accuracy=0.0)
+    lines.append({"type": "end", "reason": "max_steps", "step": 0, "elapsed_s": 0.0, "tokens": 0, "final_loss": None})
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    adamw = _write_run(root, "adamw", "adamw", "fp32", [9.0, 6.0], evals=[(2, 5.5)],
+                       finetune=_seeded([0.74, 0.75, 0.76], f1s=[0.78, 0.80, 0.82]))
+    lines = [json.loads(line) for line in (adamw / "metrics.jsonl").read_text().splitlines()]
+    next(line for line in lines if line["type"] == "eval").update(eval_unigram_loss=7.0, eval_mlm_accuracy=0.21)
+    (adamw / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _write_run(root, "adam", "adam", "fp32", [9.0, 7.0], finetune=_seeded([0.68, 0.71, 0.72]))
+    _write_run(root, "one_seed", "lamb", "fp32", [9.0, 7.0],
+               finetune={"eval_accuracy": 0.73, "eval_loss": 0.6, "epoch": 4.0})
+    reference = tmp_path / "minilm"
+    reference.mkdir()
+    (reference / "all_results.json").write_text(json.dumps({**_seeded([0.80, 0.82, 0.84])}))
+    csv_path = tmp_path / "results.csv"
+    rows, table = report.build_report([root, reference], csv_path=csv_path)
+    by_run = {r["run"]: r for r in rows}
+
+    control = by_run["untrained"]
+    assert control["optimizer"] == "none" and control["gain"] is None and control["seeds"] == 3
+    assert control["accuracy"] == pytest.approx(0.70) and control["accuracy_std"] == pytest.approx(0.01)
+    good = by_run["adamw"]
+    assert good["gain"] == pytest.approx(5.0) and good["gain_spread"] == pytest.approx(100 * math.hypot(0.01, 0.01))
+    assert good["significant"] is True and good["control"] == "untrained" and good["main_metric"] == "accuracy"
+    assert good["eval_unigram_loss"] == 7.0 and good["eval_mlm_accuracy"] == 0.21
+    noise = by_run["adam"]
+    assert noise["gain"] == pytest.approx(0.333, abs=1e-3) and noise["significant"] is False
+    assert by_run["one_seed"]["gain"] == pytest.approx(3.0) and by_run["one_seed"]["significant"] is None
+    assert by_run["minilm"]["gain"] is None  # another architecture: the control does not apply
+
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in table.splitlines()[2:]}
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    column = {name: header.index(name) for name in ("accuracy", "gain vs control (points)", "seeds",
+                                                    "unigram baseline", "MLM accuracy", "optimizer")}
+    assert cells["adamw"][column["accuracy"]] == "0.7500 ± 0.0100"
+    assert cells["adamw"][column["gain vs control (points)"]] == "+5.0 ± 1.4"
+    assert cells["adam"][column["gain vs control (points)"]] == "+0.3 ± 2.3 (n.s.)"
+    assert cells["one_seed"][column["gain vs control (points)"]] == "+3.0 (1 seed)"
+    assert cells["untrained"][column["optimizer"]] == "none" and cells["untrained"][column["seeds"]] == "3"
+    assert cells["adamw"][column["unigram baseline"]] == "7.0000" and cells["adamw"][column["MLM accuracy"]] == "0.2100"
+
+    parsed = {r["run"]: r for r in csv.DictReader(io.StringIO(csv_path.read_text()))}
+    for name in ("accuracy_mean", "accuracy_std", "seeds", "f1_mean", "f1_std", "main_metric", "main_mean",
+                 "main_std", "gain", "gain_spread", "significant"):
+        assert name in parsed["adamw"], name
+    assert float(parsed["adamw"]["f1_mean"]) == pytest.approx(0.80) and float(parsed["adamw"]["f1_std"]) == pytest.approx(0.02)
+    assert parsed["adamw"]["seeds"] == "3" and parsed["adam"]["significant"] == "False"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from pretraining.data.chunkstore import SPLIT_CODES, ChunkStore, concatenate, ma
 from pretraining.data.masking import candidate_mask, mask_tokens, replacement_ids
 from pretraining.data.samples import build_rows, pack_segment_pairs, pack_single_segments
 from pretraining.data.shards import read_shard, sha256_file, write_shard
+from pretraining.data.unigram import count_tokens
 
 PACKERS = {False: pack_single_segments, True: pack_segment_pairs}
 
@@ -80,24 +82,41 @@ def make_samples(docs, settings: SampleSettings, py_rng: random.Random, np_rng: 
     return rows
 
 
-def build_shard(task: ShardTask, settings: SampleSettings) -> list[dict]:
+@dataclass
+class ShardResult:
+    """What one shard task produced: a record per file, and the token counts of its documents (train only)."""
+
+    records: list
+    token_counts: Optional[np.ndarray]
+
+
+def build_shard(task: ShardTask, settings: SampleSettings) -> ShardResult:
     """Worker task: write the missing files of one shard. Returns one record per file.
 
     A file already present under its final name is complete (atomic writes) and is
-    kept; its record is recomputed from the file.
+    kept; its record is recomputed from the file. Train shards also count their
+    documents' tokens (:mod:`pretraining.data.unigram`), once per shard whatever the dup factor.
     """
     records, docs = [], None
+
+    def documents():
+        nonlocal docs
+        if docs is None:
+            store = ChunkStore(task.store_folder, task.token_dtype)
+            key = int(make_key(task.split, task.shard))
+            docs = concatenate([store.read_key(c, key) for c in range(task.num_chunks)])
+        return docs
+
     for dup, path in task.files:
         path = Path(path)
         if path.is_file():
             samples = len(read_shard(path)["input_ids"])
             records.append({"name": path.name, "split": task.split, "samples": samples, "sha256": sha256_file(path)})
             continue
-        if docs is None:
-            store = ChunkStore(task.store_folder, task.token_dtype)
-            key = int(make_key(task.split, task.shard))
-            docs = concatenate([store.read_key(c, key) for c in range(task.num_chunks)])
-        rows = make_samples(docs, settings, *file_rngs(settings.seed, task.split, task.shard, dup))
+        rows = make_samples(documents(), settings, *file_rngs(settings.seed, task.split, task.shard, dup))
         digest = write_shard(path, rows)
         records.append({"name": path.name, "split": task.split, "samples": len(rows["input_ids"]), "sha256": digest})
-    return records
+    counts = None
+    if task.split == "train":
+        counts = count_tokens(documents().tokens, settings.vocab_size, settings.special_token_ids)
+    return ShardResult(records, counts)

@@ -10,7 +10,7 @@ index's presence marks the chunk complete, which makes stage 1 resumable.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -106,9 +106,13 @@ def concatenate(parts: Sequence[TokenizedDocuments]) -> TokenizedDocuments:
     )
 
 
-def tokenize_chunk(folder: str, token_dtype: str, tokenizer_json: str, chunk: int,
-                   documents: list, keys: np.ndarray) -> tuple[int, int, int]:
-    """Worker task: tokenize one chunk of documents and store it. Returns (chunk, documents, tokens)."""
+def tokenize_chunk(folder: str, token_dtype: str, tokenizer_json: str, unk_token_id: Optional[int], chunk: int,
+                   documents: list, keys: np.ndarray) -> tuple[int, int, int, int]:
+    """Worker task: tokenize one chunk of documents and store it.
+
+    Returns (chunk, documents, tokens, [UNK] tokens).
+    """
     docs = tokenize_documents(tokenizer_json, documents)
     ChunkStore(folder, token_dtype).write(chunk, docs, keys)
-    return chunk, len(documents), docs.num_tokens
+    unknown = int((docs.tokens == unk_token_id).sum()) if unk_token_id is not None else 0
+    return chunk, len(documents), docs.num_tokens, unknown

@@ -6,9 +6,13 @@ single reading process stays cheap. Sources:
 
 * ``--dataset wikipedia``: the Hub's English Wikipedia through ``datasets.load_dataset``;
 * ``--dataset wikipedia-offline``: 10,033 Wikipedia lead sections shipped by a package;
+* ``--dataset rotten_tomatoes-unlabelled``: the offline task's training-split reviews (no
+  labels, one document each) and plot summaries: in-domain text for its pretraining;
 * ``--input_files``: ``.txt``, ``.jsonl``/``.json`` (field ``text``), ``.parquet`` and
   MediaWiki XML dumps ``.xml``; text formats may be ``.gz``/``.bz2``/``.xz``-compressed.
   A folder stands for the supported files inside it, sorted by name.
+
+Several named datasets, and files after them, are read one after the other.
 """
 
 from __future__ import annotations
@@ -258,21 +262,45 @@ def offline_wikipedia(config: Optional[str] = None, cache_dir: Optional[str] = N
             yield text, False
 
 
+def rotten_tomatoes_unlabelled(config: Optional[str] = None, cache_dir: Optional[str] = None) -> Iterator[Document]:
+    """In-domain text for the offline ``rotten_tomatoes`` task, without labels: the review snippets of
+    its *training* split, one document each (a sample then holds one review, the unit the task
+    classifies, rather than a mix of one movie's opposite verdicts), then the packaged plot summaries.
+    The validation split's snippets are never included, so a model pretrained on this text has not
+    seen the examples it is evaluated on."""
+    import pandas as pd
+
+    from pretraining.glue import rotten_tomatoes_splits
+    from pretraining.resources import rotten_tomatoes_csv
+
+    train, _ = rotten_tomatoes_splits()
+    for text in train.sort_index()["text"]:
+        yield " ".join(text.split()), False
+    plots = pd.read_csv(rotten_tomatoes_csv(), usecols=["category", "text"])
+    for text in plots.loc[plots["category"] == "plot", "text"].dropna():
+        if text.strip():
+            yield text, False
+
+
 DATASETS: dict[str, Callable[[Optional[str], Optional[str]], Iterator[Document]]] = {
     "wikipedia": hub_wikipedia,
     "wikipedia-offline": offline_wikipedia,
+    "rotten_tomatoes-unlabelled": rotten_tomatoes_unlabelled,
 }
 
 
 def iter_documents(
-    dataset: Optional[str],
+    dataset: str | Sequence[str] | None,
     input_files: Sequence[str] | None = None,
     dataset_config: Optional[str] = None,
     cache_dir: Optional[str] = None,
 ) -> Iterator[Document]:
-    """The documents of ``input_files`` if given, else of the named ``dataset``."""
+    """The documents of the named ``dataset``(s), one after the other, then those of ``input_files``."""
+    names = [dataset] if isinstance(dataset, str) else list(dataset or [])
+    for name in names:
+        if name not in DATASETS:
+            raise UserError(f"unknown --dataset {name!r}; valid: {', '.join(DATASETS)} (or pass --input_files)")
+    sources = [DATASETS[name](dataset_config, cache_dir) for name in names]
     if input_files:
-        return read_files(expand_input_files(input_files))
-    if dataset not in DATASETS:
-        raise UserError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)} (or pass --input_files)")
-    return DATASETS[dataset](dataset_config, cache_dir)
+        sources.append(read_files(expand_input_files(input_files)))
+    return itertools.chain.from_iterable(sources)

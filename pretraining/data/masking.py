@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pretraining.errors import UserError
+
 MASK_FRACTION = 0.8
 RANDOM_FRACTION = 0.1  # the remaining 10% keep the original token
 
@@ -32,8 +34,17 @@ class MaskedBatch:
 
 
 def replacement_ids(vocab_size: int, special_token_ids) -> np.ndarray:
-    """Token ids used for the 10% random replacements: the vocabulary minus special tokens."""
-    return np.setdiff1d(np.arange(vocab_size, dtype=np.int64), np.asarray(list(special_token_ids), dtype=np.int64))
+    """Token ids used for the 10% random replacements: the vocabulary minus special tokens.
+
+    A UserError when nothing is left (a vocabulary of special tokens only cannot be pretrained on).
+    """
+    ids = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), np.asarray(list(special_token_ids), dtype=np.int64))
+    if ids.size == 0:
+        raise UserError(f"the vocabulary has no ordinary tokens: all {vocab_size} ids are special tokens "
+                        f"({sorted(set(int(i) for i in special_token_ids))[:10]}), so masking has nothing to predict "
+                        "and no token for its 10% random replacements; use a real vocabulary (e.g. the packaged "
+                        "bert-base-uncased, or prepare_dataset.py --train_tokenizer 8192)")
+    return ids
 
 
 def candidate_mask(input_ids: np.ndarray, attention_mask: np.ndarray, special_token_ids) -> np.ndarray:

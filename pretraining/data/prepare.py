@@ -38,12 +38,17 @@ from pretraining.data.shards import (
     MANIFEST, SPLITS, WORK_DIR, list_shards, load_manifest_file, shard_name, write_json_atomic,
 )
 from pretraining.data.tokenization import TokenizerInfo, load_tokenizer
+from pretraining.data.tokenization import document_sentences
+from pretraining.data.unigram import COUNTS_FILE, write_counts
+from pretraining.data.vocab import MIN_VOCAB_SIZE, TOKENIZER_DIR, trained_tokenizer, training_settings
 
 TOKENIZED_MARKER = "tokenized.json"
 MAX_DOCS_PER_CHUNK = 1000
+#: the [UNK] share is judged once this many tokens were tokenized (and at the end, for smaller corpora)
+UNK_CHECK_MIN_TOKENS = 20_000
 MASKING = ("static", "dynamic")
 # Arguments that do not change the output (everything else must match to resume).
-RUNTIME_ONLY = ("output_dir", "num_workers", "overwrite", "cache_dir")
+RUNTIME_ONLY = ("output_dir", "num_workers", "overwrite", "cache_dir", "max_unk_fraction")
 WORKER_MODULES = ("pretraining.data.build", "pretraining.data.chunkstore", "tokenizers", "h5py")
 
 
@@ -52,18 +57,20 @@ class PrepareArguments:
     """Flags of prepare_dataset.py."""
 
     output_dir: str = field(metadata={"help": "Folder for the shards and manifest.json (created if missing)"})
-    dataset: Optional[str] = field(
+    dataset: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "Named corpus: wikipedia (the Hub's English Wikipedia via datasets.load_dataset) or "
-                          "wikipedia-offline (10,033 lead sections shipped in a package; the default when no "
-                          "--input_files are given)"},
+        metadata={"help": "Named corpus, or several read one after the other: wikipedia (the Hub's English "
+                          "Wikipedia via datasets.load_dataset), wikipedia-offline (10,033 lead sections shipped in "
+                          "a package; the default when no --input_files are given), rotten_tomatoes-unlabelled "
+                          "(the offline task's training-split reviews without labels, and plot summaries)",
+                  "nargs": "+"},
     )
     dataset_config: Optional[str] = field(
         default=None, metadata={"help": "Config of --dataset wikipedia, e.g. 20231101.en (default) or 20231101.simple"}
     )
     input_files: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "Local corpus files instead of --dataset: .txt (one document per line, or documents "
+        metadata={"help": "Local corpus files (after --dataset's documents, if given): .txt (one document per line, or documents "
                           "separated by blank lines), .jsonl/.json (field text), .parquet (column text), MediaWiki "
                           "dumps .xml/.xml.bz2; text formats may be .gz/.bz2/.xz; a folder means its files",
                   "nargs": "+"},
@@ -104,16 +111,34 @@ class PrepareArguments:
     nsp: bool = field(
         default=False, metadata={"help": "Make sentence pairs with next_sentence_labels (for --model_type bert-mlm-nsp)"}
     )
+    train_tokenizer: Optional[int] = field(
+        default=None,
+        metadata={"help": "Train a WordPiece vocabulary of this many tokens on the corpus's train documents (e.g. "
+                          "8192) instead of using --tokenizer_name; saved in OUTPUT_DIR/tokenizer and used by "
+                          "run_pretraining.py and, through the export, run_glue.py"},
+    )
+    train_tokenizer_max_documents: Optional[int] = field(
+        default=None, metadata={"help": "Train the vocabulary on at most this many train documents (default: all)"}
+    )
+    max_unk_fraction: float = field(
+        default=0.05,
+        metadata={"help": "Refuse a tokenizer that maps more than this share of the corpus to [UNK] (its "
+                          "vocabulary does not fit the text); bert-base-uncased on English Wikipedia: ~0.1%"},
+    )
     seed: int = field(default=42, metadata={"help": "Seed of the test split phase, packing, shuffling and masking"})
     overwrite: bool = field(
         default=False, metadata={"help": "Delete shards and manifest already in --output_dir, even of other settings"}
     )
 
+    def __post_init__(self):
+        if isinstance(self.dataset, str):  # one name, e.g. from a JSON file of arguments
+            self.dataset = [self.dataset]
+
     def validate(self, check: ArgumentChecker) -> None:
         """Gather every argument error into ``check``."""
-        check.require(not (self.dataset and self.input_files), "give either --dataset or --input_files, not both")
-        if self.dataset is not None:
-            check.choice("--dataset", self.dataset, corpus.DATASETS)
+        for name in self.dataset or []:
+            check.choice("--dataset", name, corpus.DATASETS)
+        check.require(len(set(self.dataset or [])) == len(self.dataset or []), "--dataset lists a corpus twice")
         check.choice("--masking", self.masking, MASKING)
         check.require(self.max_seq_length >= 8, f"--max_seq_length must be >= 8 (got {self.max_seq_length})")
         check.require(0 <= self.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1] (got {self.short_seq_prob})")
@@ -128,6 +153,13 @@ class PrepareArguments:
                       "--frac_test and --num_test_shards must both be 0 (no test set) or both be > 0")
         check.require(self.max_documents is None or self.max_documents >= 1, "--max_documents must be >= 1")
         check.require(self.num_workers is None or self.num_workers >= 1, "--num_workers must be >= 1")
+        check.require(self.train_tokenizer is None or self.tokenizer_name is None,
+                      "give either --tokenizer_name or --train_tokenizer, not both")
+        check.require(self.train_tokenizer is None or self.train_tokenizer >= MIN_VOCAB_SIZE,
+                      f"--train_tokenizer must be at least {MIN_VOCAB_SIZE} tokens (got {self.train_tokenizer})")
+        check.require(self.train_tokenizer_max_documents is None or self.train_tokenizer_max_documents >= 1,
+                      "--train_tokenizer_max_documents must be >= 1")
+        check.require(0 <= self.max_unk_fraction <= 1, f"--max_unk_fraction must be in [0, 1] (got {self.max_unk_fraction})")
 
     @property
     def workers(self) -> int:
@@ -161,17 +193,25 @@ def _progress(iterable, **kwargs):
 
 # --- the output folder ----------------------------------------------------------
 
-def _settings(args: PrepareArguments, tokenizer: TokenizerInfo, files: list[Path]) -> dict:
-    settings = {k: v for k, v in asdict(args).items() if k not in RUNTIME_ONLY}
-    settings["dataset"] = None if files else (args.dataset or "wikipedia-offline")
+def _settings(args: PrepareArguments, tokenizer: Optional[TokenizerInfo], files: list[Path]) -> dict:
+    """What the output depends on; without ``tokenizer``, all but :data:`TOKENIZER_SETTINGS`."""
+    settings = {k: v for k, v in asdict(args).items() if k not in RUNTIME_ONLY + TOKENIZER_SETTINGS}
+    names = _dataset_names(args, files)
+    settings["dataset"] = (names[0] if len(names) == 1 else names) if names else None  # one name stays a string
     settings["input_files"] = [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in files]
-    settings["tokenizer_sha256"] = tokenizer.sha256
-    settings["do_lower_case"] = tokenizer.do_lower_case
+    if tokenizer is not None:
+        settings["tokenizer_sha256"] = tokenizer.sha256
+        settings["do_lower_case"] = tokenizer.do_lower_case
     return settings
 
 
+def _dataset_names(args: PrepareArguments, files: list[Path]) -> list[str]:
+    """The named corpora to read: --dataset, else wikipedia-offline when no --input_files are given."""
+    return list(args.dataset or ([] if files else ["wikipedia-offline"]))
+
+
 def _our_files(out: Path) -> list[Path]:
-    found = [out / MANIFEST] if (out / MANIFEST).exists() else []
+    found = [out / name for name in (MANIFEST, COUNTS_FILE) if (out / name).exists()]
     for split in SPLITS:
         try:
             found += list_shards(out, split)
@@ -180,16 +220,31 @@ def _our_files(out: Path) -> list[Path]:
     return found
 
 
+#: settings that come from the tokenizer, known only once it is loaded (or trained)
+TOKENIZER_SETTINGS = ("tokenizer_sha256", "do_lower_case")
+
+
+def _refuse_other_settings(out: Path, settings: dict, overwrite: bool) -> None:
+    """UserError when ``out`` holds a (finished or pending) dataset made with other settings, unless ``overwrite``.
+
+    Keys absent from ``settings`` are not compared (the tokenizer's, before it exists).
+    """
+    if overwrite:
+        return
+    for path in (out / MANIFEST, out / WORK_DIR / MANIFEST):
+        manifest = load_manifest_file(path)
+        old = (manifest or {}).get("settings") or {}
+        ignored = set() if "tokenizer_sha256" in settings else set(TOKENIZER_SETTINGS)
+        differ = sorted(k for k in (set(settings) | set(old)) - ignored if old.get(k) != settings.get(k))
+        if manifest is not None and differ:
+            raise UserError(f"{out} holds a dataset made with other settings (differing: {', '.join(differ)}); "
+                            f"use another --output_dir, or --overwrite to replace it")
+
+
 def _prepare_output_dir(out: Path, settings: dict, overwrite: bool) -> Optional[dict]:
     """Check ``out`` against ``settings``; returns the manifest of a finished identical run, if any."""
     existing = _our_files(out)
-    for path in (out / MANIFEST, out / WORK_DIR / MANIFEST):
-        manifest = load_manifest_file(path)
-        if manifest is not None and manifest.get("settings") != settings and not overwrite:
-            old = manifest.get("settings") or {}
-            differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise UserError(f"{out} holds a dataset made with other settings (differing: {', '.join(differ)}); "
-                            f"use another --output_dir, or --overwrite to replace it")
+    _refuse_other_settings(out, settings, overwrite)
     if existing and not (out / MANIFEST).exists() and not (out / WORK_DIR).is_dir() and not overwrite:
         raise UserError(f"{out} already holds shard files without a manifest.json; use an empty --output_dir "
                         f"or --overwrite to delete them")
@@ -213,8 +268,7 @@ def _prepare_output_dir(out: Path, settings: dict, overwrite: bool) -> Optional[
 
 def _assign(start: int, count: int, args: PrepareArguments, phase: float, seen: dict) -> np.ndarray:
     """Destination keys of documents ``start .. start + count`` (corpus order)."""
-    index = np.arange(start, start + count, dtype=np.float64)
-    test = np.floor((index + 1) * args.frac_test + phase) > np.floor(index * args.frac_test + phase)
+    test = _is_test(np.arange(start, start + count, dtype=np.float64), args, phase)
     keys = np.empty(count, dtype=np.int64)
     for split, selected, shards in (("test", test, args.num_test_shards), ("train", ~test, args.num_train_shards)):
         rank = seen[split] + np.cumsum(selected) - 1
@@ -234,14 +288,52 @@ def docs_per_chunk(max_documents: Optional[int]) -> int:
     return min(MAX_DOCS_PER_CHUNK, max(32, -(-max_documents // 8)))
 
 
-def _chunks(documents: Iterator, args: PrepareArguments, store: ChunkStore, tokenizer: TokenizerInfo,
-            counts: dict) -> Iterator[tuple]:
-    """Tokenize tasks for the chunks not already in ``store``."""
-    phase = float(np.random.default_rng(args.seed).random())
-    seen = {"train": 0, "test": 0}
+def _documents(args: PrepareArguments, files: list[Path]) -> Iterator:
+    """The corpus's non-empty documents in order (the first --max_documents of them)."""
+    documents = corpus.iter_documents(_dataset_names(args, files), [str(f) for f in files],
+                                      args.dataset_config, args.cache_dir)
     documents = (d for d in documents if d[0] and not d[0].isspace())
     if args.max_documents is not None:
         documents = itertools.islice(documents, args.max_documents)
+    return documents
+
+
+def _split_phase(args: PrepareArguments) -> float:
+    return float(np.random.default_rng(args.seed).random())
+
+
+def _is_test(index: np.ndarray, args: PrepareArguments, phase: float) -> np.ndarray:
+    """Which documents (by corpus index) go to the test set: every 1/frac_test-th, from a seeded phase."""
+    return np.floor((index + 1) * args.frac_test + phase) > np.floor(index * args.frac_test + phase)
+
+
+def _train_texts(args: PrepareArguments, files: list[Path]) -> Iterator[str]:
+    """The cleaned text of the train documents (test documents left out), for --train_tokenizer."""
+    phase = _split_phase(args)
+    train = (d for i, d in enumerate(_documents(args, files))
+             if not _is_test(np.float64(i), args, phase))
+    for text, is_wikitext in itertools.islice(train, args.train_tokenizer_max_documents):
+        yield "\n".join(document_sentences(text, is_wikitext))
+
+
+def _tokenizer_source(args: PrepareArguments, files: list[Path], out: Path) -> Optional[str]:
+    """--tokenizer_name, or the folder of the tokenizer trained on this corpus (--train_tokenizer)."""
+    if not args.train_tokenizer:
+        return args.tokenizer_name
+    source = {"dataset": _dataset_names(args, files), "dataset_config": args.dataset_config,
+              "input_files": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in files],
+              "max_documents": args.max_documents, "frac_test": args.frac_test, "seed": args.seed,
+              "max_train_documents": args.train_tokenizer_max_documents}
+    lowercase = True if args.do_lower_case is None else args.do_lower_case
+    settings = training_settings(args.train_tokenizer, lowercase, source)
+    return str(trained_tokenizer(out, settings, _train_texts(args, files), args.overwrite, _log))
+
+
+def _chunks(documents: Iterator, args: PrepareArguments, store: ChunkStore, tokenizer: TokenizerInfo,
+            counts: dict) -> Iterator[tuple]:
+    """Tokenize tasks for the chunks not already in ``store``."""
+    phase = _split_phase(args)
+    seen = {"train": 0, "test": 0}
     per_chunk = docs_per_chunk(args.max_documents)
     for chunk in itertools.count():
         batch = list(itertools.islice(documents, per_chunk))
@@ -251,7 +343,34 @@ def _chunks(documents: Iterator, args: PrepareArguments, store: ChunkStore, toke
         counts["chunks"] = chunk + 1
         counts["documents"] = dict(seen)
         if not store.is_complete(chunk):
-            yield str(store.folder), store.dtype.name, tokenizer.json, chunk, batch, keys
+            yield str(store.folder), store.dtype.name, tokenizer.json, tokenizer.unk_token_id, chunk, batch, keys
+
+
+class UnknownTokens:
+    """The [UNK] share of the tokenized corpus: a tokenizer that does not fit the text (a vocabulary
+    that did not load, another language or script) is refused after the first chunks, not after hours."""
+
+    def __init__(self, max_fraction: float, tokenizer_name: str, min_tokens: int = UNK_CHECK_MIN_TOKENS):
+        self.max_fraction, self.tokenizer_name, self.min_tokens = max_fraction, tokenizer_name, min_tokens
+        self.tokens = self.unknown = 0
+
+    def add(self, tokens: int, unknown: int) -> None:
+        self.tokens += tokens
+        self.unknown += unknown
+        self.check(final=False)
+
+    def check(self, final: bool) -> None:
+        """UserError when the share is above the limit (before ``final``: once enough tokens were seen)."""
+        if not self.tokens or (not final and self.tokens < self.min_tokens):
+            return
+        share = self.unknown / self.tokens
+        if share > self.max_fraction:
+            raise UserError(
+                f"the tokenizer {self.tokenizer_name} maps {share:.1%} of the corpus ({self.unknown:,} of "
+                f"{self.tokens:,} tokens so far) to [UNK], above --max_unk_fraction {self.max_fraction:g}: its "
+                "vocabulary does not fit this text (did the vocabulary load? is the text in another language or "
+                "script, or cased for an uncased vocabulary?). Use a tokenizer made for this corpus, e.g. "
+                "--train_tokenizer 8192, or raise --max_unk_fraction if this is expected")
 
 
 def _tokenize_corpus(args: PrepareArguments, files: list[Path], tokenizer: TokenizerInfo, store: ChunkStore,
@@ -259,15 +378,16 @@ def _tokenize_corpus(args: PrepareArguments, files: list[Path], tokenizer: Token
     marker = store.folder / TOKENIZED_MARKER
     if marker.is_file():
         return json.loads(marker.read_text())
-    documents = corpus.iter_documents(args.dataset or "wikipedia-offline", [str(f) for f in files],
-                                      args.dataset_config, args.cache_dir)
     counts: dict = {"chunks": 0, "documents": {"train": 0, "test": 0}}
-    tasks = _chunks(documents, args, store, tokenizer, counts)
+    tasks = _chunks(_documents(args, files), args, store, tokenizer, counts)
+    unknown = UnknownTokens(args.max_unk_fraction, tokenizer.name)
     with _progress(None, desc="tokenize", unit="doc") as progress:
-        for _, n_docs, _ in workers.run(tokenize_chunk, tasks):
+        for _, n_docs, n_tokens, n_unknown in workers.run(tokenize_chunk, tasks):
             progress.update(n_docs)
+            unknown.add(n_tokens, n_unknown)
+    unknown.check(final=True)
     if counts["chunks"] == 0:
-        source = ", ".join(map(str, files)) if files else args.dataset or "wikipedia-offline"
+        source = ", ".join([*_dataset_names(args, files), *map(str, files)])
         raise UserError(f"no documents found in {source}; check the input is not empty")
     write_json_atomic(marker, counts)
     return counts
@@ -321,7 +441,7 @@ def _manifest(args: PrepareArguments, settings: dict, tokenizer: TokenizerInfo) 
         "version": 1,
         "settings": settings,
         "args": asdict(args),
-        "tokenizer": tokenizer.name,
+        "tokenizer": TOKENIZER_DIR if args.train_tokenizer else tokenizer.name,  # relative: the dataset's own
         "vocab_size": tokenizer.vocab_size,
         "do_lower_case": tokenizer.do_lower_case,
         "cls_token_id": tokenizer.cls_token_id,
@@ -340,15 +460,18 @@ def _manifest(args: PrepareArguments, settings: dict, tokenizer: TokenizerInfo) 
 
 
 def _build_shards(args: PrepareArguments, out: Path, tokenizer: TokenizerInfo, store: ChunkStore,
-                  num_chunks: int, workers: Workers) -> list[dict]:
+                  num_chunks: int, workers: Workers) -> tuple[list[dict], np.ndarray]:
+    """Write every shard; returns the file records (sorted) and the train documents' token counts."""
     tasks = _shard_tasks(args, out, store, num_chunks)
     sample_settings = _sample_settings(args, tokenizer)
-    records = []
+    records, counts = [], np.zeros(tokenizer.vocab_size, dtype=np.int64)
     with _progress(None, desc="shards", unit="file", total=sum(len(t.files) for t in tasks)) as progress:
         for result in workers.run(build_shard, ((task, sample_settings) for task in tasks)):
-            records.extend(result)
-            progress.update(len(result))
-    return sorted(records, key=lambda r: (SPLIT_CODES[r["split"]], r["name"]))
+            records.extend(result.records)
+            if result.token_counts is not None:
+                counts += result.token_counts
+            progress.update(len(result.records))
+    return sorted(records, key=lambda r: (SPLIT_CODES[r["split"]], r["name"])), counts
 
 
 def prepare(args: PrepareArguments) -> PrepareResult:
@@ -359,9 +482,10 @@ def prepare(args: PrepareArguments) -> PrepareResult:
     started = time.perf_counter()
     files = corpus.expand_input_files(args.input_files) if args.input_files else []
     with Workers(args.workers, preload=WORKER_MODULES) as workers:  # they start while the tokenizer loads
-        tokenizer = load_tokenizer(args.tokenizer_name, args.do_lower_case, args.cache_dir)
         out = Path(args.output_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
+        _refuse_other_settings(out, _settings(args, None, files), args.overwrite)  # before a tokenizer is trained
+        tokenizer = load_tokenizer(_tokenizer_source(args, files, out), args.do_lower_case, args.cache_dir)
         settings = _settings(args, tokenizer, files)
         finished = _prepare_output_dir(out, settings, args.overwrite)
         if finished is not None:
@@ -383,7 +507,7 @@ def prepare(args: PrepareArguments) -> PrepareResult:
             shutil.rmtree(store.folder, ignore_errors=True)
             raise
         t1 = time.perf_counter()
-        records = _build_shards(args, out, tokenizer, store, counts["chunks"], workers)
+        records, token_counts = _build_shards(args, out, tokenizer, store, counts["chunks"], workers)
         t2, cpu2 = time.perf_counter(), time.process_time()
 
     for split in SPLITS:
@@ -395,7 +519,9 @@ def prepare(args: PrepareArguments) -> PrepareResult:
         counts=stats,
         train_files=[r["name"] for r in records if r["split"] == "train"],
         test_files=[r["name"] for r in records if r["split"] == "test"],
+        token_counts=COUNTS_FILE,
     )
+    write_counts(out, token_counts, source="train documents")
     write_json_atomic(out / MANIFEST, manifest)
     shutil.rmtree(store.folder, ignore_errors=True)
     total_tokens = stats["train"]["tokens"] + stats["test"]["tokens"]

@@ -36,6 +36,7 @@ class TokenizerInfo:
     pad_token_id: int
     mask_token_id: int
     special_token_ids: tuple  # never masked, never used as a random replacement
+    unk_token_id: Optional[int] = None
 
     @property
     def sha256(self) -> str:
@@ -114,6 +115,7 @@ def load_tokenizer(name: Optional[str], do_lower_case: Optional[bool] = None, ca
         pad_token_id=ids["pad"],
         mask_token_id=ids["mask"],
         special_token_ids=tuple(sorted(set(tokenizer.all_special_ids) | set(ids.values()))),
+        unk_token_id=tokenizer.unk_token_id,
     )
 
 
