@@ -98,7 +98,8 @@ def _pretrain(out: Path, data: Path, job: str, variant: Variant, steps: int) -> 
     if (run / "pretrained" / "config.json").is_file():
         return run, 0.0
     argv = ["--dataset_path", data, "--output_dir", out / "runs", "--job_name", job, "--model_type", "bert-mlm",
-            "--max_position_embeddings", 128, "--encoder_ln_mode", "pre-ln", "--weight_decay", 0.01,
+            "--max_position_embeddings", 128, "--encoder_ln_mode", "pre-ln", "--layernorm_embedding", "true",
+            "--weight_decay", 0.01,
             "--adam_beta2", 0.98, "--print_steps", 50, "--do_validation", "--validation_epochs", 1,
             "--num_epochs_between_checkpoints", 1000000, "--seed", 42, "--no_wandb", *variant.flags]
     argv += ["--max_steps", steps] + (["--lr_schedule", "step", "--warmup_proportion", 0.06] if steps else [])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from pretraining.cli import ArgumentChecker
+from pretraining.errors import UserError
 
 
 @dataclass
@@ -70,10 +71,12 @@ class ModelArguments:
         metadata={"help": "pytorch (fused torch LayerNorm), rms_norm, or apex (alias of pytorch, with a notice)",
                   "choices": ["pytorch", "apex", "rms_norm"]},
     )
-    layernorm_embedding: bool = field(
-        default=True,
-        metadata={"help": "LayerNorm on the summed embeddings. post-ln always has it; in pre-ln it is on by default "
-                          "(as in academic-budget-bert) and --layernorm_embedding false removes it"},
+    layernorm_embedding: Optional[bool] = field(
+        default=None,
+        metadata={"help": "LayerNorm on the summed embeddings. Default: off for pre-ln (academic-budget-bert's "
+                          "default; the export is then transformers' XLMRobertaXL layout), on for post-ln (BERT's); "
+                          "--layernorm_embedding true with pre-ln gives the RobertaPreLayerNorm layout",
+                  "nargs": "?", "const": True},
     )
     unpad_inputs: bool = field(
         default=True,
@@ -116,20 +119,30 @@ class OptimizerArguments:
     """Optimizer choice and hyper-parameters (academic-budget-bert's OptimizerArguments + --lr)."""
 
     optimizer_type: str = field(
-        default="adamw", metadata={"help": "Optimizer: adam (L2 decay), adamw (decoupled decay), lamb, adafactor"}
+        default="adamw", metadata={"help": "Optimizer: adam (L2 decay), adamw (decoupled decay), lamb, adafactor, "
+                                           "customized (the seed's --optimizer_conf_file)"}
     )
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "Weight decay (never on biases and LayerNorm weights)"})
     bias_correction: bool = field(default=False, metadata={"help": "LAMB: use Adam-style bias correction"})
     max_coeff: float = field(default=0.3, metadata={"help": "LAMB: upper clip of the trust ratio"})
     min_coeff: float = field(default=0.01, metadata={"help": "LAMB: lower clip of the trust ratio"})
-    adam_beta1: float = field(default=0.9, metadata={"help": "Adam/AdamW/LAMB beta1 (Adafactor: 0 disables momentum)"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam/AdamW/LAMB beta1 (not Adafactor's: see "
+                                                            "--adafactor_beta1)"})
     adam_beta2: float = field(default=0.999, metadata={"help": "Adam/AdamW/LAMB beta2"})
     adam_eps: float = field(
         default=1e-6,
         metadata={"help": "Adam/AdamW/LAMB epsilon (academic-budget-bert's LAMB ignored --adam_beta1/2/eps and used "
                           "FusedLamb's 0.9/0.999/1e-8; here LAMB uses the flags)"},
     )
+
+    optimizer_conf_file: Optional[str] = field(
+        default=None, metadata={"help": "--optimizer_type customized: the seed's INI file ([general] type = sgd, "
+                                        "adam, adamw or dummy; [hyperparams] momentum, nesterov for sgd)"})
+    adafactor_beta1: Optional[float] = field(
+        default=None,
+        metadata={"help": "Adafactor: decay of a first moment (momentum); default none, as academic-budget-bert "
+                          "(which ignores the Adam betas for Adafactor): no first moment, the memory-light optimizer"})
 
     def __post_init__(self):
         self.optimizer_type = str(self.optimizer_type).lower()
@@ -142,6 +155,15 @@ class OptimizerArguments:
         check.require(self.weight_decay >= 0, f"--weight_decay must be >= 0 (got {self.weight_decay})")
         check.require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "--adam_beta1/--adam_beta2 must be in [0, 1)")
         check.require(0 < self.min_coeff <= self.max_coeff, "LAMB needs 0 < --min_coeff <= --max_coeff")
+        if self.optimizer_type == "customized":
+            from pretraining.custom_curves import optimizer_spec
+
+            try:
+                optimizer_spec(self.optimizer_conf_file)
+            except UserError as exc:
+                check.require(False, str(exc))
+        check.require(self.adafactor_beta1 is None or 0 < self.adafactor_beta1 < 1,
+                      "--adafactor_beta1 must be in (0, 1) (or left out: no first moment)")
 
 
 @dataclass
@@ -155,8 +177,12 @@ class SchedulerArguments:
                           "then constant",
                   "choices": ["time", "step", "constant_step"]},
     )
-    curve: str = field(default="linear", metadata={"help": "Decay after warmup: linear (to 0) or exp",
-                                                  "choices": ["linear", "exp"]})
+    curve: str = field(default="linear", metadata={"help": "Decay after warmup: linear (to 0), exp, or customized "
+                                                          "(the seed's curves from --curve_conf_file)",
+                                                  "choices": ["linear", "exp", "customized"]})
+    curve_conf_file: Optional[str] = field(
+        default=None, metadata={"help": "--curve customized: the seed's INI file ([general] type = cosine_decay, "
+                                        "step_decay, inverse_time_decay, elastic_step_decay, ...; [hyperparams])"})
     warmup_proportion: float = field(default=0.06, metadata={"help": "Share of the budget (time or steps) spent warming up"})
     decay_rate: float = field(default=0.99, metadata={"help": "exp curve: LR multiplier per --decay_step"})
     decay_step: int = field(
@@ -176,6 +202,13 @@ class SchedulerArguments:
         check.require(0 < self.decay_rate <= 1, "--decay_rate must be in (0, 1]")
         check.require(self.decay_step > 0, "--decay_step must be > 0")
         check.require(self.num_warmup_steps >= 0, "--num_warmup_steps must be >= 0")
+        if self.curve == "customized":
+            from pretraining.custom_curves import load_curve
+
+            try:
+                load_curve(self.curve_conf_file)
+            except UserError as exc:
+                check.require(False, str(exc))
 
 
 # --- run_pretraining.py argument groups (dataset, DeepSpeed/precision, the run itself) ---------------
@@ -334,7 +367,9 @@ class PretrainingArguments:
                                         "of a comparison (same architecture, init and tokenizer)"}
     )
     max_steps_per_epoch: Optional[int] = field(
-        default=None, metadata={"help": "At most this many optimizer steps per epoch (shard)"}
+        default=None,
+        metadata={"help": "At most this many micro-batches per epoch (shard) on each rank, academic-budget-bert's "
+                          "unit (its help says steps; its loop counts micro-batches): whole optimizer steps of them"},
     )
     num_epochs: int = field(default=1000000, metadata={"help": "Stop after this many epochs (one shard per rank each)"})
     print_steps: int = field(default=100, metadata={"help": "Progress line and metrics every this many steps"})
@@ -351,7 +386,8 @@ class PretrainingArguments:
                           "checkpoint folder"},
     )
     load_checkpoint_id: Optional[str] = field(
-        default=None, metadata={"help": "Checkpoint id to resume (a folder name under checkpoints/, or latest)"}
+        default=None, metadata={"help": "Checkpoint id to resume (a folder name under checkpoints/, or latest; "
+                                        "latest_checkpoint, academic-budget-bert's tag, is the same)"}
     )
     finetune_time_markers: Optional[str] = field(
         default=None,
@@ -397,6 +433,8 @@ class PretrainingArguments:
         if self.current_run_id:
             self.job_name = f"{self.job_name}-{self.current_run_id}"
             self.current_run_id = ""
+        if self.load_checkpoint_id == "latest_checkpoint":  # academic-budget-bert's DeepSpeed tag of the newest one
+            self.load_checkpoint_id = "latest"
 
     def validate(self, check: ArgumentChecker) -> None:
         check.require(bool(self.output_dir), "--output_dir is required")

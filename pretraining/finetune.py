@@ -26,6 +26,7 @@ from pretraining import glue
 from pretraining.atomic import write_text_atomic
 from pretraining.cli import ArgumentChecker
 from pretraining.errors import UserError
+from pretraining.modeling import BertPreTrainedModel, export_pretrained
 
 logger = logging.getLogger("run_glue")
 #: where ``--seeds`` puts each seed's run inside ``--output_dir``
@@ -117,6 +118,9 @@ class GlueTrainingArguments(TrainingArguments):
     early_stopping_patience: int = field(
         default=-1, metadata={"help": "Stop after this many evaluations without improving the task's main metric "
                                       "and keep the best model (-1 = off)"})
+    finetune_checkpoint_at_end: Optional[bool] = field(
+        default=None, metadata={"help": "Accepted for the seed's run_glue.sh (it is a pretraining flag): no effect "
+                                        "here, a notice says so", "nargs": "?", "const": True})
     seeds: Optional[list[int]] = field(
         default=None,
         metadata={"help": "Fine-tune once per seed (e.g. --seeds 1 2 3), each run in OUTPUT_DIR/seed_<N>, and write "
@@ -263,6 +267,9 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
     data_args.validate(check)
     check.raise_if_any()
     _token_to_environment(training_args)
+    if training_args.finetune_checkpoint_at_end is not None:
+        logger.warning("notice: --finetune_checkpoint_at_end has no effect in run_glue.py (it is "
+                       "run_pretraining.py's; the fine-tuned model is always saved to --output_dir)")
     data = _subsets(load_data(data_args, model_args.cache_dir), data_args)
     _check_splits(data, training_args)
     glue.checkpoint_model_type(model_args.model_name_or_path, model_args.cache_dir)  # a bad model path is named first
@@ -318,7 +325,8 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
                                               task.label_names, model_args.cache_dir)
     glue.check_model_fits(model.config, tokenizer, data_args.max_seq_length, model_args.model_name_or_path)
     if missing:
-        logger.info("newly initialised weights (task head): %s", ", ".join(missing))
+        logger.warning("notice: these weights start fresh (a new task head; a pooler that masked-LM pretraining "
+                       "never trains): %s", ", ".join(missing))
     teacher = None
     if model_args.teacher_model_name_or_path:
         teacher = _load_teacher(model_args, task, tokenizer, data_args.max_seq_length)
@@ -329,6 +337,8 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
         trainer.save_model()
+        if trainer.is_world_process_zero() and isinstance(trainer.model, BertPreTrainedModel):
+            export_pretrained(trainer.model, tokenizer, output_dir)  # the stock transformers layout
         train_metrics = {**train_result.metrics, "train_samples": len(data.train)}
         results.update(train_metrics)
         if trainer.is_world_process_zero():

@@ -521,19 +521,21 @@ def _classifier_classes() -> dict:
     """model_type -> (config class, model class); BERT (pre-ln or post-ln) uses this project's model."""
     from pretraining.modeling import PRE_LN_MODEL_TYPE, BertConfig, BertForSequenceClassification
 
-    return {"bert": (BertConfig, BertForSequenceClassification),
-            PRE_LN_MODEL_TYPE: (BertConfig, BertForSequenceClassification)}
+    return {name: (BertConfig, BertForSequenceClassification)
+            for name in ("bert", PRE_LN_MODEL_TYPE, "roberta-prelayernorm", "xlm-roberta-xl")}
 
 
 def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: str,
                         label_names: Optional[Sequence[str]] = None, cache_dir: Optional[str] = None):
     """A sequence classifier from a checkpoint folder (or Hub name), with a fresh head when it has none.
 
-    BERT checkpoints (Hugging Face's, and this project's pre-ln/post-ln exports) load into
-    :class:`pretraining.modeling.BertForSequenceClassification`; other model types into
-    transformers' ``AutoModelForSequenceClassification``. ``problem_type`` is
-    ``single_label_classification`` or ``regression``. Returns ``(model, missing_keys)``,
-    ``missing_keys`` naming the freshly initialised weights.
+    BERT checkpoints (Hugging Face's, this project's exports in every layout, academic-budget-bert's
+    checkpoint folders: :mod:`pretraining.convert`) load into
+    :class:`pretraining.modeling.BertForSequenceClassification`, and a UserError names any encoder
+    or embedding weight that did not load; other model types load into transformers'
+    ``AutoModelForSequenceClassification``. ``problem_type`` is ``single_label_classification`` or
+    ``regression``. Returns ``(model, missing_keys)``, ``missing_keys`` naming the freshly
+    initialised weights (a task head, the pooler).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -559,7 +561,12 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
                             "config); run_glue.py never runs code shipped with a checkpoint: use a BERT checkpoint, "
                             "or one whose architecture transformers includes") from None
         raise UserError(f"cannot load the model {model_name_or_path!r}: {exc}") from None
-    return model, sorted(info.get("missing_keys", []))
+    missing = sorted(info.get("missing_keys", []))
+    if model_type in _classifier_classes():  # every encoder weight must load: only a new head may start fresh
+        from pretraining.convert import check_loading
+
+        check_loading(missing, sorted(info.get("unexpected_keys", [])), model_name_or_path)
+    return model, missing
 
 
 def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):

@@ -218,14 +218,14 @@ def make_layout(attention_mask: torch.Tensor | None, unpad: bool, kernel: str = 
 
 
 class BertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, then LayerNorm (skipped in pre-ln unless --layernorm_embedding)."""
+    """Word + position + token-type embeddings, then LayerNorm (``config.layernorm_embedding``)."""
 
     def __init__(self, config):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        use_norm = not config.pre_ln or config.layernorm_embedding
+        use_norm = config.layernorm_embedding
         self.LayerNorm = make_norm(config) if use_norm else nn.Identity()
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 

@@ -57,9 +57,11 @@ from pretraining.layers import (
 
 logger = logging.getLogger(__name__)
 
-#: ``model_type`` written to config.json for pre-ln models: transformers' BERT classes
-#: warn about it by name and ``AutoModel`` refuses it, instead of silently loading a
-#: post-ln network with pre-ln weights.
+#: ``model_type`` written to config.json for models transformers' BERT cannot run (pre-ln, or
+#: post-ln without the embedding LayerNorm) in this package's own names: transformers' BERT
+#: classes warn about it by name and ``AutoModel`` refuses it, instead of silently loading
+#: another network. (Exports of GELU/LayerNorm pre-ln models use stock layouts instead:
+#: :mod:`pretraining.convert`.)
 PRE_LN_MODEL_TYPE = "bert_pre_ln"
 LN_MODES = ("pre-ln", "post-ln")
 #: State-dict keys with one row per vocabulary entry (padded inside, unpadded in exports).
@@ -118,18 +120,23 @@ class BertConfig(transformers.BertConfig):
         return -(-self.vocab_size // multiple) * multiple
 
     def to_dict(self) -> dict:
-        """As transformers', but pre-ln configs are saved with ``model_type`` = :data:`PRE_LN_MODEL_TYPE`."""
+        """As transformers', but configs that are not transformers' BERT (pre-ln, or no embedding LayerNorm) are
+        saved with ``model_type`` = :data:`PRE_LN_MODEL_TYPE`."""
         output = super().to_dict()
-        if self.pre_ln:
+        if self.pre_ln or not self.layernorm_embedding:
             output["model_type"] = PRE_LN_MODEL_TYPE
         return output
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        """As transformers', reading :data:`PRE_LN_MODEL_TYPE` back as this class's model type."""
+        """As transformers', reading :data:`PRE_LN_MODEL_TYPE`, the stock pre-LN layouts and academic-budget-bert's
+        config back as this class's (:mod:`pretraining.convert`)."""
+        from pretraining.convert import config_from_layout, layout_of_config
+
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") == PRE_LN_MODEL_TYPE:
-            config_dict = {**config_dict, "model_type": cls.model_type}
+        layout = layout_of_config(config_dict)
+        if layout is not None:
+            config_dict = {**config_from_layout(config_dict, layout), "model_type": cls.model_type}
         return config_dict, kwargs
 
 
@@ -161,7 +168,8 @@ def build_config(model_args, vocab_size: int | None = None) -> BertConfig:
         encoder_ln_mode=model_args.encoder_ln_mode,
         layer_norm_type=model_args.layer_norm_type,
         sparse_mask_prediction=model_args.sparse_mask_prediction,
-        layernorm_embedding=model_args.layernorm_embedding,
+        layernorm_embedding=(model_args.encoder_ln_mode == "post-ln") if model_args.layernorm_embedding is None
+        else model_args.layernorm_embedding,
         next_sentence_prediction=model_args.model_type == "bert-mlm-nsp",
         unpad_inputs=model_args.unpad_inputs,
         unpadded_attention=model_args.unpadded_attention,
@@ -176,6 +184,17 @@ class BertPreTrainedModel(PreTrainedModel):
     config_class = BertConfig
     base_model_prefix = "bert"
     _keys_to_ignore_on_load_unexpected = [r"position_ids$"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As transformers', and also from the stock pre-LN layouts and academic-budget-bert checkpoint folders
+        (renamed on load, :mod:`pretraining.convert`)."""
+        from pretraining import convert
+
+        layout = convert.detect_layout(pretrained_model_name_or_path)
+        if layout in convert.CONVERTED:
+            return convert.load_converted(cls, pretrained_model_name_or_path, layout, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -259,7 +278,8 @@ class BertForPreTraining(BertPreTrainedModel):
         "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
         "cls.predictions.decoder.bias": "cls.predictions.bias",
     }
-    _keys_to_ignore_on_load_unexpected = [r"position_ids$", r"^bert\.pooler\.", r"^cls\.seq_relationship\."]
+    _keys_to_ignore_on_load_unexpected = [r"position_ids$", r"^(bert\.)?pooler\.", r"^cls\.seq_relationship\.",
+                                          r"^classifier\."]
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -354,19 +374,28 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Write ``config.json``, ``model.safetensors`` (fp32) and the tokenizer files to ``out_dir``.
+def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike, card: dict | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (fp32), the tokenizer files and a model card to ``out_dir``.
 
-    The vocabulary padding is dropped (the exported config has ``vocab_pad_multiple=1``).
-    A masked-LM-only :class:`BertForPreTraining` gets a freshly initialised (untrained)
-    pooler and NSP head in the file, so that with post-ln,
-    ``transformers.BertForPreTraining.from_pretrained(out_dir)`` loads with no missing or
-    unexpected keys. Pre-ln exports load through this module's classes; transformers'
-    BERT classes cannot run them and say so (model type :data:`PRE_LN_MODEL_TYPE`, missing
-    LayerNorm keys). ``tokenizer`` may be None. Files are written to temporary names and
-    renamed, so an interrupted export never leaves a complete-looking but corrupt file.
+    The layout is the one stock transformers loads without custom code (:mod:`pretraining.convert`):
+    post-LN models as transformers' BERT; pre-LN GELU/LayerNorm models as ``RobertaPreLayerNorm*``
+    (with the embedding LayerNorm) or ``XLMRobertaXL*`` (without), so ``AutoModelForMaskedLM``,
+    ``AutoModelForSequenceClassification`` (for a fine-tuned classifier: its task head too) and
+    ``pipeline("fill-mask")`` take the folder; other pre-LN models (RMSNorm, another activation) keep
+    this package's own names (model type :data:`PRE_LN_MODEL_TYPE`), which only its classes load.
+    This package's classes load every one of these layouts back.
+
+    The vocabulary padding is dropped. A masked-LM-only model has no pooler or NSP head, and none is
+    made up: ``AutoModelForMaskedLM`` loads it with nothing missing or unexpected, and a class with
+    those heads (``transformers.BertForPreTraining``) reports them as the fresh weights they are.
+    Stock pre-LN masked-LM layouts have no pooler: an NSP model's pooler and NSP head stay behind.
+    ``card`` (architecture, data, budget, optimizer, losses) becomes ``README.md``. ``tokenizer`` may
+    be None. Files are written to temporary names and renamed, so an interrupted export never leaves
+    a complete-looking but corrupt file.
     """
     from safetensors.torch import save_file
+
+    from pretraining import convert
 
     model = unwrap_model(model)
     if not isinstance(model, BertPreTrainedModel):
@@ -379,11 +408,14 @@ def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike) -
         if key.endswith(VOCAB_KEY_SUFFIXES) and tensor.shape[0] == padded:
             tensor = tensor[:vocab]
         state[key] = tensor.clone().contiguous()
-    if isinstance(model, BertForPreTraining) and not config.next_sentence_prediction:
-        state.update(_untrained_nsp_weights(config))
     config.vocab_pad_multiple = 1
     config.torch_compile = False
-    config.architectures = [type(model).__name__]
+    layout = convert.stock_layout(config)
+    if layout is not None:
+        config_text, state = convert.stock_files(state, config, layout, type(model).__name__, tokenizer)
+    else:
+        config.architectures = [type(model).__name__]
+        config_text = config.to_json_string()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -391,20 +423,12 @@ def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike) -
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
     tmp_weights.replace(out / "model.safetensors")
     tmp_config = out / "config.json.tmp"
-    tmp_config.write_text(config.to_json_string())
+    tmp_config.write_text(config_text)
     tmp_config.replace(out / "config.json")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+    if card is not None:
+        tmp_card = out / "README.md.tmp"
+        tmp_card.write_text(convert.model_card(config, layout, card))
+        tmp_card.replace(out / "README.md")
     return out
-
-
-def _untrained_nsp_weights(config: BertConfig) -> dict[str, torch.Tensor]:
-    """Deterministic BERT-initialised pooler + NSP head for exports of masked-LM-only models."""
-    generator = torch.Generator().manual_seed(0)
-    h, std = config.hidden_size, config.initializer_range
-    return {
-        "bert.pooler.dense.weight": torch.randn(h, h, generator=generator) * std,
-        "bert.pooler.dense.bias": torch.zeros(h),
-        "cls.seq_relationship.weight": torch.randn(2, h, generator=generator) * std,
-        "cls.seq_relationship.bias": torch.zeros(2),
-    }

@@ -10,9 +10,12 @@ builder registered in :data:`OPTIMIZERS`:
   with ``--adam_beta1/--adam_beta2/--adam_eps`` (academic-budget-bert silently used
   FusedLamb's 0.9/0.999/1e-8), ``--bias_correction``, ``--max_coeff``, ``--min_coeff``;
   ``use_fused=True`` on a GPU uses DeepSpeed's FusedLamb kernel itself.
+* ``customized``: the seed's ``--optimizer_conf_file`` (sgd with momentum/nesterov, adam,
+  adamw, or the do-nothing ``dummy``; :mod:`pretraining.custom_curves`).
 * ``adafactor``: ``transformers.optimization.Adafactor`` with the external learning
-  rate (``relative_step=False, scale_parameter=False``, as academic-budget-bert);
-  ``--adam_beta1`` > 0 keeps a first moment, 0 disables it.
+  rate (``relative_step=False, scale_parameter=False``) and no first moment, as
+  academic-budget-bert (which ignores the Adam betas for it); ``--adafactor_beta1``
+  asks for a first moment.
 
 ``use_fused``: None (default) picks torch's fused Adam/AdamW kernels when every
 parameter is on one CUDA GPU or every parameter is on the CPU (build the optimizer after
@@ -176,12 +179,36 @@ def _deepspeed_fused_lamb(groups, kwargs):
 def _adafactor(groups, args, use_fused):
     from transformers.optimization import Adafactor
 
-    return Adafactor(groups, lr=args.lr, beta1=args.adam_beta1 or None, relative_step=False,
+    return Adafactor(groups, lr=args.lr, beta1=args.adafactor_beta1, relative_step=False,
                      scale_parameter=False, warmup_init=False)
 
 
+class DummyOptimizer(torch.optim.Optimizer):
+    """The seed's ``dummy`` optimizer: it never changes a weight (a baseline of the data and loop alone)."""
+
+    def __init__(self, groups, lr: float):
+        super().__init__(groups, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        return closure() if closure is not None else None
+
+
+def _customized(groups, args, use_fused):
+    """``--optimizer_type customized``: the seed's ``--optimizer_conf_file`` (sgd, adam, adamw, dummy)."""
+    from pretraining.custom_curves import optimizer_spec
+
+    name, extra = optimizer_spec(args.optimizer_conf_file)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, **extra)
+    if name == "dummy":
+        return DummyOptimizer(groups, lr=args.lr)
+    return OPTIMIZERS[name](groups, args, use_fused)
+
+
 #: name -> builder(param_groups, OptimizerArguments, use_fused) -> torch.optim.Optimizer
-OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw, "lamb": _lamb, "adafactor": _adafactor}
+OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw, "lamb": _lamb, "adafactor": _adafactor,
+                                   "customized": _customized}
 
 
 def build_optimizer(model: nn.Module, args, use_fused: bool | None = None) -> torch.optim.Optimizer:

@@ -19,6 +19,10 @@ Curves (``--curve``), for position ``x``, warmup length ``W`` and total ``T``:
   with ``--decay_step`` in the position's unit: steps for step schedules, *seconds* of
   training time for the time schedule.
 
+* ``customized`` (the seed's, ``--curve_conf_file``): linear warmup, then one of the seed's
+  curves from its INI file (:mod:`pretraining.custom_curves`), in the seed's units (steps;
+  hours for the time schedule).
+
 Fixes relative to academic-budget-bert: its exp curve counted ``decay_step`` in hours
 (0.99 per 1000 hours: no decay at all in a 24-hour budget; here 0.99 per 1000 s gives
 x0.42 after 24 h); its linear decay divided by ``max(1 hour, T - W)``, so budgets under
@@ -70,22 +74,38 @@ CURVES: dict[str, Curve] = {
 }
 
 
-def lr_multiplier(position: float, total: float | None, warmup: float, curve: str,
+CUSTOMIZED = "customized"
+
+
+def customized_curve(conf_file: str, base_lr: float, unit: float) -> Curve:
+    """``--curve customized``: linear warmup, then the seed's conf-file curve of ``(position - warmup) * unit``
+    (the seed's units: steps, or hours for the time schedule), 0 from the total on."""
+    from pretraining.custom_curves import load_curve
+
+    curve = load_curve(conf_file)
+    return Curve(warmup=lambda f: f, decay=lambda x, w, t, rate, step:
+                 0.0 if x >= t else max(0.0, curve(base_lr, (x - w) * unit) / base_lr))
+
+
+def lr_multiplier(position: float, total: float | None, warmup: float, curve: str | Curve,
                   decay_rate: float = 0.99, decay_step: float = 1000.0) -> float:
-    """Warmup then decay along ``curve``, in [0, 1]; ``total=None`` means constant after warmup."""
-    if curve not in CURVES:
-        raise UserError(f"--curve {curve!r} is not one of: {', '.join(CURVES)}")
+    """Warmup then decay along ``curve`` (a name of :data:`CURVES`, or a :class:`Curve`), in [0, 1];
+    ``total=None`` means constant after warmup."""
+    if not isinstance(curve, Curve):
+        if curve not in CURVES:
+            raise UserError(f"--curve {curve!r} is not one of: {', '.join([*CURVES, CUSTOMIZED])}")
+        curve = CURVES[curve]
     if position < warmup:
-        return CURVES[curve].warmup(warmup_fraction(position, warmup))
+        return curve.warmup(warmup_fraction(position, warmup))
     if total is None:
         return 1.0
-    return CURVES[curve].decay(position, warmup, total, decay_rate, decay_step)
+    return curve.decay(position, warmup, total, decay_rate, decay_step)
 
 
-def time_multiplier(elapsed_seconds: float, args) -> float:
+def time_multiplier(elapsed_seconds: float, args, curve: Curve | None = None) -> float:
     """``--lr_schedule time``: multiplier after ``elapsed_seconds`` of training."""
     total = args.total_training_time * 3600.0
-    return lr_multiplier(elapsed_seconds, total, args.warmup_proportion * total, args.curve,
+    return lr_multiplier(elapsed_seconds, total, args.warmup_proportion * total, curve or args.curve,
                          args.decay_rate, args.decay_step)
 
 
@@ -94,33 +114,33 @@ def step_warmup(args, total_steps: int) -> float:
     return args.warmup_proportion * total_steps if args.warmup_proportion > 0 else float(args.num_warmup_steps)
 
 
-def step_multiplier(global_step: int, total_steps: int, args) -> float:
+def step_multiplier(global_step: int, total_steps: int, args, curve: Curve | None = None) -> float:
     """``--lr_schedule step``: multiplier after ``global_step`` optimizer steps of ``total_steps``."""
-    return lr_multiplier(global_step, total_steps, step_warmup(args, total_steps), args.curve,
+    return lr_multiplier(global_step, total_steps, step_warmup(args, total_steps), curve or args.curve,
                          args.decay_rate, args.decay_step)
 
 
-def constant_step_multiplier(global_step: int, args) -> float:
+def constant_step_multiplier(global_step: int, args, curve: Curve | None = None) -> float:
     """``--lr_schedule constant_step``: warmup over ``--num_warmup_steps``, then 1."""
-    return lr_multiplier(global_step, None, float(args.num_warmup_steps), args.curve)
+    return lr_multiplier(global_step, None, float(args.num_warmup_steps), curve or args.curve)
 
 
-def _time_schedule(args, total_steps):
-    return lambda step, elapsed: time_multiplier(elapsed, args)
+def _time_schedule(args, total_steps, curve):
+    return lambda step, elapsed: time_multiplier(elapsed, args, curve)
 
 
-def _step_schedule(args, total_steps):
+def _step_schedule(args, total_steps, curve):
     if total_steps is None or total_steps <= 0:
         raise UserError("--lr_schedule step needs the total number of optimizer steps: set --max_steps "
                         "(or use --lr_schedule time with --total_training_time)")
     if step_warmup(args, total_steps) >= total_steps:
         raise UserError(f"the warmup ({step_warmup(args, total_steps):g} steps) must be shorter than --max_steps "
                         f"({total_steps}): lower --warmup_proportion or --num_warmup_steps")
-    return lambda step, elapsed: step_multiplier(step, total_steps, args)
+    return lambda step, elapsed: step_multiplier(step, total_steps, args, curve)
 
 
-def _constant_step_schedule(args, total_steps):
-    return lambda step, elapsed: constant_step_multiplier(step, args)
+def _constant_step_schedule(args, total_steps, curve):
+    return lambda step, elapsed: constant_step_multiplier(step, args, curve)
 
 
 #: --lr_schedule name -> builder(SchedulerArguments, total_steps) -> f(global_step, elapsed_seconds)
@@ -185,4 +205,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args, total_steps: int | N
     """
     if args.lr_schedule not in SCHEDULES:
         raise UserError(f"--lr_schedule {args.lr_schedule!r} is not one of: {', '.join(SCHEDULES)}")
-    return LRScheduler(optimizer, SCHEDULES[args.lr_schedule](args, total_steps))
+    curve = None
+    if args.curve == CUSTOMIZED:
+        base_lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+        curve = customized_curve(args.curve_conf_file, base_lr, 1 / 3600.0 if args.lr_schedule == "time" else 1.0)
+    return LRScheduler(optimizer, SCHEDULES[args.lr_schedule](args, total_steps, curve))

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import random
@@ -64,6 +65,7 @@ from pretraining.cli import ArgumentChecker, asdict, parse_args
 from pretraining.errors import UserError
 from pretraining.evaluation import MaskedLMSums, unigram_log_probs
 
+logger = logging.getLogger(__name__)
 ARGUMENT_GROUPS = (ModelArguments, OptimizerArguments, SchedulerArguments, DatasetArguments, DeepSpeedArguments,
                    PretrainingArguments)
 #: model inputs the collator produces (next_sentence_label only for bert-mlm-nsp)
@@ -162,15 +164,22 @@ def build_model(model_args, vocab_size: int):
 
     if not model_args.model_name_or_path:
         return BertForPreTraining(build_config(model_args, vocab_size=model_args.vocab_size or vocab_size))
+    from pretraining.convert import check_loading
+
     try:
-        return BertForPreTraining.from_pretrained(
-            model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+        model, info = BertForPreTraining.from_pretrained(
+            model_args.model_name_or_path, cache_dir=model_args.cache_dir, output_loading_info=True,
             next_sentence_prediction=model_args.model_type == "bert-mlm-nsp",
             sparse_mask_prediction=model_args.sparse_mask_prediction)
     except OSError as exc:
         raise UserError(f"--model_name_or_path {model_args.model_name_or_path!r} could not be loaded "
                         f"({str(exc).splitlines()[0]}): give a folder written by run_pretraining.py (pretrained/) "
                         "or a BERT checkpoint") from None
+    fresh = check_loading(info.get("missing_keys", []), info.get("unexpected_keys", []), model_args.model_name_or_path)
+    if fresh:
+        logger.warning("notice: --model_name_or_path %s has no %s: they start fresh (heads, not the encoder)",
+                       model_args.model_name_or_path, ", ".join(fresh))
+    return model
 
 
 def data_vocab_size(manifest: dict | None, tokenizer) -> int:
@@ -340,6 +349,7 @@ class Pretraining:
             prefetch=data.async_worker)
 
         self.progress = Progress()
+        self.last_eval: dict | None = None
         if resume is not None:
             resume = self._resume(candidates, notices)
         self.loader.steps_in_epoch(self.progress.epoch)  # shards too small for one step: fail now, not later
@@ -561,6 +571,7 @@ class Pretraining:
         self.engine.train()
         metrics = sums.metrics(self.dist.sum(sums.values()), nsp=self.nsp)
         progress.last_eval_step = progress.step
+        self.last_eval = metrics
         self.logger.eval({"step": progress.step, "epoch": progress.epoch, "elapsed_s": progress.elapsed_s,
                           "tokens": progress.tokens, **metrics})
         return metrics["eval_loss"]
@@ -583,7 +594,7 @@ class Pretraining:
             tmp = folder.with_name(f".tmp-{folder.name}")
             shutil.rmtree(tmp, ignore_errors=True)
             with write_guard(folder, tmp):
-                export_pretrained(model, self.tokenizer, tmp)
+                export_pretrained(model, self.tokenizer, tmp, card=self._card())
             old = folder.with_name(f".old-{folder.name}")
             if folder.exists():
                 os.replace(folder, old)
@@ -591,6 +602,25 @@ class Pretraining:
             shutil.rmtree(old, ignore_errors=True)
             self.logger.print(f"model exported: {folder}")
         self.dist.barrier()
+
+    def _card(self) -> dict:
+        """The model card's facts about this run (README.md of every export)."""
+        config, progress = self.config, self.progress
+        counts = (self.manifest or {}).get("counts", {}).get("train", {})
+        last = self.last_eval or {}
+        return {
+            "run": config.run.job_name,
+            "data": f"{config.data.dataset_path} (tokenizer {(self.manifest or {}).get('tokenizer', 'n/a')}; "
+                    f"{counts.get('tokens', 'n/a')} train tokens, {counts.get('samples', 'n/a')} sequences)",
+            "budget": f"{progress.elapsed_s / 3600:.3g} h of training time of {config.scheduler.total_training_time:g} "
+                      f"h, {progress.step} optimizer steps, {progress.tokens:,} tokens, {self.dist.world_size} "
+                      f"rank(s), {config.engine.precision}",
+            "optimizer": f"{config.optimizer.optimizer_type}, lr {config.optimizer.lr:g} ({config.scheduler.lr_schedule} "
+                         f"schedule, {config.scheduler.curve}), batch {config.run.train_batch_size}",
+            "final losses": f"train {self.interval.last_mean:.4f}" + (
+                f", eval {last['eval_loss']:.4f} (unigram baseline {last.get('eval_unigram_loss', float('nan')):.4f}, "
+                f"MLM accuracy {last.get('eval_mlm_accuracy', float('nan')):.4f})" if last else ""),
+        }
 
     def _finish(self, reason: str) -> dict:
         run, progress = self.config.run, self.progress

@@ -8,7 +8,8 @@
 #   EPOCHS=1 shell/finetune.sh MODEL_DIR rotten_tomatoes --max_train_samples 2000   # offline
 #
 # MODEL_DIR: a pretraining run's OUTPUT/JOB/pretrained folder, a Hugging Face checkpoint folder or Hub name.
-# Environment (default): TASKS (TASK, else mrpc), OUTPUT_DIR (MODEL_DIR/finetune; each task in OUTPUT_DIR/TASK),
+# Environment (default): TASKS (TASK, else mrpc), OUTPUT_DIR (RUN/finetune for a run's RUN/pretrained export,
+# where the report reads it; else MODEL_DIR/finetune; each task in OUTPUT_DIR/TASK),
 # LR (5e-5), BATCH_SIZE (32), EVAL_BATCH_SIZE (32), GRAD_ACCUM (1), EPOCHS (5), WEIGHT_DECAY (0.01),
 # MAX_SEQ_LENGTH (128), EVAL_STEPS (50), WARMUP_STEPS (50), LR_SCHEDULER (polynomial), MAX_GRAD_NORM (1.0),
 # SEED (42), SEEDS (e.g. "1 2 3": one run per seed in OUTPUT_DIR/TASK/seed_N, their mean and std in
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 [[ $# -ge 1 && $1 != -* ]] || usage
@@ -34,7 +35,14 @@ if [[ -z ${PYTHON:-} ]]; then
     if [[ -x $REPO/.venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
 fi
 TASKS=${TASKS:-${TASK:-mrpc}}
-OUTPUT_DIR=${OUTPUT_DIR:-$MODEL_DIR/finetune}
+if [[ -z ${OUTPUT_DIR:-} ]]; then
+    # a pretraining run's export (RUN/pretrained): RUN/finetune, where `python -m pretraining.report RUN` reads
+    if [[ $(basename "$MODEL_DIR") == pretrained && -f $(dirname "$MODEL_DIR")/args.json ]]; then
+        OUTPUT_DIR=$(dirname "$MODEL_DIR")/finetune
+    else
+        OUTPUT_DIR=$MODEL_DIR/finetune
+    fi
+fi
 
 if [[ -n ${SEEDS:-} ]]; then
     # shellcheck disable=SC2206

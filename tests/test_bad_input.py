@@ -99,7 +99,7 @@ def test_damaged_shards_are_one_clear_error(damage, message, tiny_shards, pretra
     shutil.copytree(tiny_shards, data)
     damage(data)
     # four one-step epochs: every train shard is read
-    err = fails_cleanly(main, pretrain_flags("--max_steps_per_epoch", "1", "--num_epochs", "4", "--do_validation",
+    err = fails_cleanly(main, pretrain_flags("--max_steps_per_epoch", "2", "--num_epochs", "4", "--do_validation",
                                              dataset=data), capsys)
     assert re.search(message, err, re.S), err
 
@@ -107,7 +107,7 @@ def test_damaged_shards_are_one_clear_error(damage, message, tiny_shards, pretra
 @pytest.mark.parametrize("flags, message", [
     (["--max_position_embeddings", "32"], r"the shards hold sequences of 64 tokens, more than the model's "
                                           r"--max_position_embeddings 32: set --max_position_embeddings 64"),
-    (["--optimizer_type", "sgd"], r"--optimizer_type 'sgd' is not one of: adafactor, adam, adamw, lamb"),
+    (["--optimizer_type", "sgd"], r"--optimizer_type 'sgd' is not one of: adafactor, adam, adamw, customized, lamb"),
     (["--lr_schedule", "cosine"], r"--lr_schedule.*invalid choice: 'cosine' \(choose from 'time', 'step', "
                                   r"'constant_step'\)"),
     (["--data_loader_type", "sharded"], r"--data_loader_type.*invalid choice: 'sharded'"),

@@ -94,6 +94,7 @@ def _make_teacher(export_dir, batch, out_dir):
     direction of variation: decisive, input-dependent, about half of each class."""
     from pretraining import glue
 
+    torch.manual_seed(0)  # the export has no pooler (masked-LM pretraining trains none): it starts fresh, seeded
     teacher, _ = glue.load_model_for_task(str(export_dir), 2, "single_label_classification")
     teacher.eval()
     with torch.no_grad():

@@ -231,7 +231,7 @@ def _latest(run_dir: Path) -> Path:
 def test_pretraining_killed_at_several_moments_resumes_with_identical_losses(pretrain_flags, single_thread, capsys):
     from pretraining.training import PretrainingConfig, pretrain
 
-    schedule = ("--max_steps", "10", "--max_steps_per_epoch", "2", "--num_epochs_between_checkpoints", "1")
+    schedule = ("--max_steps", "10", "--max_steps_per_epoch", "4", "--num_epochs_between_checkpoints", "1")
     straight = pretrain(PretrainingConfig.parse(pretrain_flags(*schedule, job="straight")))
     flags = pretrain_flags(*schedule, job="killed")
     run_dir = straight.run_dir.parent / "killed"
@@ -274,7 +274,7 @@ def test_pretraining_killed_at_several_moments_resumes_with_identical_losses(pre
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(pretrain_flags):
     from pretraining.checkpoint import verify_checkpoint
 
-    flags = pretrain_flags("--max_steps", "4", "--max_steps_per_epoch", "2", "--num_epochs_between_checkpoints", "1")
+    flags = pretrain_flags("--max_steps", "4", "--max_steps_per_epoch", "4", "--num_epochs_between_checkpoints", "1")
     run_dir = Path(flags[flags.index("--output_dir") + 1]) / "tiny"
     # from the second checkpoint on, no file may grow past 1 MB (the engine state is ~12 MB): torch's writer fails
     done = run_with_fault({"target": "pretraining.training:save_checkpoint", "nth": 2, "action": "fsize:1000000"},
@@ -337,7 +337,7 @@ def test_nonfinite_loss_or_gradients_stop_and_keep_the_last_good_checkpoint(engi
     # step 6 (micro-batches 11 and 12) is the last of epoch 2: applied, it would be checkpointed; --keep_checkpoints 1
     # would then have pruned the only good checkpoint
     inject(monkeypatch, from_call=11, into=into, value=value)
-    flags = pretrain_flags("--max_steps_per_epoch", "3", "--num_epochs_between_checkpoints", "1",
+    flags = pretrain_flags("--max_steps_per_epoch", "6", "--num_epochs_between_checkpoints", "1",
                            "--keep_checkpoints", "1", *(["--bf16"] if precision == "bf16" else []),
                            *(["--deepspeed"] if engine == "deepspeed" else []))
     result = pretrain(PretrainingConfig.parse(flags))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -250,7 +252,12 @@ def test_post_ln_export_loads_in_transformers(tmp_path, bert_tokenizer):
     out = export_pretrained(model, bert_tokenizer, tmp_path / "export")
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {f.name for f in out.iterdir()}
     reference, info = transformers.BertForPreTraining.from_pretrained(str(out), output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    # a masked-LM-only model has no pooler or NSP head: transformers' says they are fresh, nothing else is
+    assert set(info["missing_keys"]) == {"bert.pooler.dense.weight", "bert.pooler.dense.bias",
+                                         "cls.seq_relationship.weight", "cls.seq_relationship.bias"}
+    masked_lm, info = transformers.BertForMaskedLM.from_pretrained(str(out), output_loading_info=True)
+    assert not any(info.values()), info
     reloaded = BertForPreTraining.from_pretrained(str(out)).eval()
     inputs = transformers.BertTokenizerFast.from_pretrained(str(out))(["hello world", "a b c d"], padding=True,
                                                                        return_tensors="pt")
@@ -263,13 +270,17 @@ def test_post_ln_export_loads_in_transformers(tmp_path, bert_tokenizer):
     torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_pre_ln_export_reloads_here_and_is_refused_by_transformers(tmp_path, caplog):
+def test_pre_ln_save_pretrained_reloads_here_and_is_refused_by_transformers_bert(tmp_path):
+    """Checkpoints keep this package's names (model type bert_pre_ln): only its classes load them, and
+    transformers' refuse them by name instead of running a post-ln network with pre-ln weights
+    (the exports for transformers are tests/test_layouts.py's)."""
     torch.manual_seed(6)
     model = BertForPreTraining(tiny(encoder_ln_mode="pre-ln", vocab_pad_multiple=8)).eval()
-    out = export_pretrained(model, None, tmp_path / "pre")
+    out = tmp_path / "pre"
+    model.save_pretrained(str(out))
     assert f'"model_type": "{PRE_LN_MODEL_TYPE}"' in (out / "config.json").read_text()
     reloaded = BertForPreTraining.from_pretrained(str(out)).eval()
-    assert reloaded.config.encoder_ln_mode == "pre-ln" and reloaded.config.vocab_pad_multiple == 1
+    assert reloaded.config.encoder_ln_mode == "pre-ln"
     inputs, labels, nsp = batch()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs, labels=labels, next_sentence_label=nsp).loss,
@@ -278,8 +289,18 @@ def test_pre_ln_export_reloads_here_and_is_refused_by_transformers(tmp_path, cap
     assert classifier.config.encoder_ln_mode == "pre-ln"
     with pytest.raises(ValueError, match=PRE_LN_MODEL_TYPE):
         transformers.AutoModel.from_pretrained(str(out))
-    _, info = transformers.BertForPreTraining.from_pretrained(str(out), output_loading_info=True)
-    assert any("attention.output.LayerNorm" in key for key in info["missing_keys"])
+
+
+def test_pre_ln_export_reloads_here_with_the_same_logits(tmp_path):
+    torch.manual_seed(6)
+    model = BertForPreTraining(tiny(encoder_ln_mode="pre-ln", vocab_pad_multiple=8)).eval()
+    out = export_pretrained(model, None, tmp_path / "pre")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "roberta-prelayernorm"
+    reloaded = BertForPreTraining.from_pretrained(str(out)).eval()
+    assert reloaded.config.encoder_ln_mode == "pre-ln" and reloaded.config.vocab_pad_multiple == 1
+    inputs, labels, nsp = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).prediction_logits, model(**inputs).prediction_logits[..., :96])
 
 
 def test_save_pretrained_round_trip_keeps_padding_and_ties(tmp_path):

@@ -110,7 +110,9 @@ def adafactor(p, g, s, t, wd, a):
         v = s["v"]
     u = g / v.sqrt()
     u = u / max(1.0, float(u.pow(2).mean().sqrt()))
-    s["m"] = a.adam_beta1 * s.get("m", 0) + (1 - a.adam_beta1) * a.lr * u
+    if a.adafactor_beta1 is None:  # academic-budget-bert's Adafactor: no first moment
+        return p - a.lr * wd * p - a.lr * u
+    s["m"] = a.adafactor_beta1 * s.get("m", 0) + (1 - a.adafactor_beta1) * a.lr * u
     return p - a.lr * wd * p - s["m"]
 
 
@@ -120,6 +122,7 @@ CASES = {
     "lamb": (args("lamb", max_coeff=0.3, min_coeff=0.01), lamb),
     "lamb_bias_corrected": (args("lamb", bias_correction=True, max_coeff=10.0, min_coeff=0.5), lamb),
     "adafactor": (args("adafactor", lr=0.05), adafactor),
+    "adafactor_momentum": (args("adafactor", lr=0.05, adafactor_beta1=0.9), adafactor),
 }
 
 
@@ -172,20 +175,26 @@ def test_lamb_keeps_a_step_count_per_tensor():
 def test_adafactor_matches_transformers_adafactor():
     from transformers.optimization import Adafactor
 
-    ours, theirs = make_model(), make_model()
-    opt_args = args("adafactor", lr=0.05)
-    direct = Adafactor(parameter_groups(theirs, 0.1), lr=0.05, beta1=0.9, relative_step=False, scale_parameter=False,
-                       warmup_init=False)
-    run(ours, build_optimizer(ours, opt_args))
-    run(theirs, direct)
-    for p, q in zip(ours.parameters(), theirs.parameters()):
-        assert torch.equal(p, q)
+    for beta1 in (None, 0.9):  # academic-budget-bert's (no first moment, the default), and with momentum
+        ours, theirs = make_model(), make_model()
+        opt_args = args("adafactor", lr=0.05, adam_beta1=0.9, adafactor_beta1=beta1)  # adam_beta1 never applies
+        direct = Adafactor(parameter_groups(theirs, 0.1), lr=0.05, beta1=beta1, relative_step=False,
+                           scale_parameter=False, warmup_init=False)
+        optimizer = build_optimizer(ours, opt_args)
+        run(ours, optimizer)
+        run(theirs, direct)
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            assert torch.equal(p, q)
+        assert all(("exp_avg" in state) == (beta1 is not None) for state in optimizer.state.values())
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_state_dict_round_trip_resumes_identically(name):
+def test_state_dict_round_trip_resumes_identically(name, tmp_path):
+    conf = tmp_path / "sgd.ini"  # the seed's customized optimizer: SGD with Nesterov momentum
+    conf.write_text("[general]\ntype = sgd\n\n[hyperparams]\nmomentum = 0.9\nnesterov = yes\n")
+    extra = {"optimizer_conf_file": str(conf)} if name == "customized" else {}
     straight = make_model()
-    optimizer = build_optimizer(straight, args(name))
+    optimizer = build_optimizer(straight, args(name, **extra))
     run(straight, optimizer, steps=2)
     buffer = io.BytesIO()
     torch.save({"model": straight.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
@@ -195,7 +204,7 @@ def test_state_dict_round_trip_resumes_identically(name):
     saved = torch.load(buffer, weights_only=True)
     resumed = make_model(seed=1)
     resumed.load_state_dict(saved["model"])
-    optimizer = build_optimizer(resumed, args(name))
+    optimizer = build_optimizer(resumed, args(name, **extra))
     optimizer.load_state_dict(saved["optimizer"])
     run(resumed, optimizer, steps=2, start=2)
     for p, q in zip(straight.parameters(), resumed.parameters()):
@@ -229,7 +238,7 @@ def test_adam_and_adamw_pick_torch_fused_kernels_on_the_cpu(name):
 
 
 def test_errors_name_the_fix():
-    with pytest.raises(UserError, match="adafactor, adam, adamw, lamb"):
+    with pytest.raises(UserError, match="adafactor, adam, adamw, customized, lamb"):
         build_optimizer(make_model(), args("sgd"))
     with pytest.raises(UserError, match="only on a GPU"):
         build_optimizer(make_model(), args("lamb"), use_fused=True)

@@ -43,7 +43,8 @@ def test_every_optimizer_and_precision_learns_on_deepspeed(pretrain_flags, optim
     from safetensors.torch import load_file
 
     exported = load_file(result.run_dir / "pretrained" / "model.safetensors")
-    weight = exported["bert.encoder.layer.0.attention.self.query.weight"]
+    # the stock transformers layout of the default pre-LN model (XLMRobertaXL: no embedding LayerNorm)
+    weight = exported["roberta.encoder.layer.0.attention.self.query.weight"]
     assert weight.dtype == torch.float32
     # bf16 training exports DeepSpeed's fp32 master weights, not their bf16 rounding
     assert not torch.equal(weight, weight.bfloat16().float()) or precision == "fp32"

@@ -54,7 +54,7 @@ def test_pretraining_writes_no_secret_and_nothing_outside_its_folder(pretrain_fl
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     flags = [f for f in pretrain_flags("--max_steps", "2", "--num_epochs_between_checkpoints", "1",
-                                       "--max_steps_per_epoch", "1") if f != "--no_wandb"]
+                                       "--max_steps_per_epoch", "2") if f != "--no_wandb"]
     main(flags)
     out = capsys.readouterr()
     runs = tmp_path / "runs"

@@ -127,7 +127,13 @@ class ShardLoader:
                 f"samples, fewer than one optimizer step per rank ({self.samples_per_step} = micro batch "
                 f"{self.micro_batch} x accumulation {self.grad_accum}): prepare fewer, larger shards, or lower "
                 "--train_batch_size")
-        return steps if self.max_steps_per_epoch is None else min(steps, self.max_steps_per_epoch)
+        if self.max_steps_per_epoch is None:
+            return steps
+        capped = self.max_steps_per_epoch // self.grad_accum  # the cap counts micro-batches
+        if capped == 0:
+            raise UserError(f"--max_steps_per_epoch {self.max_steps_per_epoch} (micro-batches) is less than one "
+                            f"optimizer step of {self.grad_accum} micro-batches: raise it to at least {self.grad_accum}")
+        return min(steps, capped)
 
     def _my_shard(self, epoch: int) -> Path:
         shards = self.epoch_shards(epoch)

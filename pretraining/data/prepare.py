@@ -56,7 +56,9 @@ WORKER_MODULES = ("pretraining.data.build", "pretraining.data.chunkstore", "toke
 class PrepareArguments:
     """Flags of prepare_dataset.py."""
 
-    output_dir: str = field(metadata={"help": "Folder for the shards and manifest.json (created if missing)"})
+    output_dir: Optional[str] = field(
+        default=None, metadata={"help": "Folder for the shards and manifest.json (created if missing); default: "
+                                        "data/<corpus> (printed)"})
     dataset: Optional[list[str]] = field(
         default=None,
         metadata={"help": "Named corpus, or several read one after the other: wikipedia (the Hub's English "
@@ -474,8 +476,50 @@ def _build_shards(args: PrepareArguments, out: Path, tokenizer: TokenizerInfo, s
     return sorted(records, key=lambda r: (SPLIT_CODES[r["split"]], r["name"])), counts
 
 
+#: the seed's corpus when no --dataset/--input_files are given and the Hub can be reached
+ONLINE_DEFAULT = ("wikipedia", "20231101.simple")
+HUB_HOST = ("huggingface.co", 443)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """False when offline mode is asked for (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) or the Hub does not answer."""
+    import socket
+
+    if any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+           for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def apply_defaults(args: PrepareArguments) -> PrepareArguments:
+    """The seed's ``python prepare_dataset.py`` with no arguments: a default corpus into a default folder.
+
+    No --dataset and no --input_files: the seed's Simple English Wikipedia from the Hub when it can
+    be reached, else the packaged Wikipedia lead sections; no --output_dir: ``data/<corpus>``. Both
+    choices are printed.
+    """
+    if not args.dataset and not args.input_files:
+        online = _hub_reachable()
+        args.dataset = [ONLINE_DEFAULT[0] if online else "wikipedia-offline"]
+        if online and args.dataset_config is None:
+            args.dataset_config = ONLINE_DEFAULT[1]
+        _log(f"no --dataset or --input_files: preparing {args.dataset[0]}"
+             + (f" ({args.dataset_config}, the seed's corpus)" if online else " (the Hub is not reachable: the "
+                "packaged Wikipedia lead sections)"))
+    if args.output_dir is None:
+        name = "-".join(args.dataset or []) or "input_files"
+        args.output_dir = str(Path("data") / (f"{name}-{args.dataset_config}" if args.dataset_config else name))
+        _log(f"no --output_dir: writing to {args.output_dir}")
+    return args
+
+
 def prepare(args: PrepareArguments) -> PrepareResult:
     """Run the whole pipeline (resuming a killed run into the same folder)."""
+    args = apply_defaults(args)
     check = ArgumentChecker()
     args.validate(check)
     check.raise_if_any()
