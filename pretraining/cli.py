@@ -54,6 +54,9 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types)
+    for action in parser._actions:  # argparse formats help with %: a literal "0.1%" would break --help
+        if action.help and "%" in action.help:
+            action.help = action.help.replace("%", "%%")
     if len(argv) == 1 and argv[0].endswith(".json"):
         path = Path(argv[0])
         if not path.is_file():

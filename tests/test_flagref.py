@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import pytest
+
 from pretraining import flagref
 
 
@@ -27,3 +29,15 @@ def test_seed_flags_are_documented():
                  "total_training_time", "early_exit_time_marker", "deepspeed", "data_loader_type",
                  "max_seq_length", "num_train_shards", "dup_factor", "task_name"]:
         assert f"`--{flag}`" in text, flag
+
+
+@pytest.mark.parametrize("script", sorted(flagref.SCRIPTS))
+def test_help_prints_every_group(script, capsys):
+    """argparse formats help text with %: a literal '%' in a help string once broke prepare_dataset.py --help."""
+    from pretraining.cli import parse_args
+
+    groups = [flagref._load(ref) for ref in flagref.SCRIPTS[script]]
+    with pytest.raises(SystemExit) as exc:
+        parse_args(groups, ["--help"])
+    assert exc.value.code == 0
+    assert "--max_unk_fraction" in capsys.readouterr().out or script != "prepare_dataset.py"
