@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): requirements.txt requirements-data.txt requirements-deepspeed.txt cons
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# while developing: the suite without the tests marked slow (subprocess launches, kills, the demo)
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m pretraining.demo --output_dir $(DEMO_OUT)

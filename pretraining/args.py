@@ -196,6 +196,11 @@ class SchedulerArguments:
     )
     total_training_time: float = field(default=24.0, metadata={"help": "Training time budget in hours"})
 
+    @property
+    def total_training_s(self) -> float:
+        """--total_training_time in seconds: what the time schedule and the validation schedule count in."""
+        return self.total_training_time * 3600.0
+
     def validate(self, check: ArgumentChecker) -> None:
         check.require(0 <= self.warmup_proportion < 1, "--warmup_proportion must be in [0, 1)")
         check.require(self.total_training_time > 0, "--total_training_time must be > 0 hours")
@@ -259,7 +264,7 @@ class DatasetArguments:
 
 
 @dataclass
-class DeepSpeedArguments:
+class EngineArguments:
     """Engine, precision and gradient clipping (academic-budget-bert's DeepspeedArguments, plus --bf16)."""
 
     deepspeed: bool = field(

@@ -17,6 +17,8 @@ writer reports such failures as a RuntimeError without an errno (from its
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -110,3 +112,33 @@ def write_text_atomic(path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_file(path, "w") as handle:
         handle.write(text)
+
+
+def write_json_atomic(path, data: dict, indent: int = 2) -> None:
+    """Write ``data`` as JSON (sorted keys) to ``path`` atomically: a crash never leaves a half-written file."""
+    write_text_atomic(path, json.dumps(data, indent=indent, sort_keys=True) + "\n")
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def swap_folder(tmp: Path, final: Path, old: Path) -> None:
+    """Put the complete folder ``tmp`` under the name ``final``; a previous ``final`` moves to ``old``, then goes.
+
+    At every moment ``final`` is either the previous complete folder or the new one (``old`` holds the
+    previous one during the swap, so a crash there leaves it recoverable, never a half-written ``final``).
+    """
+    final, old = Path(final), Path(old)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)

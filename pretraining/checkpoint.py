@@ -23,7 +23,6 @@ an explicitly named checkpoint that is corrupt is an error.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import shutil
@@ -32,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretraining.atomic import write_guard, write_text_atomic
-from pretraining.data.shards import sha256_file
+from pretraining.atomic import sha256_file, swap_folder, write_guard, write_text_atomic
 from pretraining.errors import UserError
 
 STATE = "state.json"
@@ -103,14 +101,7 @@ def save_checkpoint(root: Path, ckpt_id: str, *, engine, state: dict, dist_info,
             (tmp / STATE).write_text(json.dumps(state, indent=1))
             sums = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
-        if final.exists():
-            old = root / f"{TMP_PREFIX}old-{ckpt_id}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        swap_folder(tmp, final, root / f"{TMP_PREFIX}old-{ckpt_id}")
         write_text_atomic(root / LATEST, ckpt_id)
         for stale in list_checkpoints(root)[:-keep]:
             if stale != final:

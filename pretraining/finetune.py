@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Optional
 from transformers import TrainingArguments
 
 from pretraining import glue
-from pretraining.atomic import write_text_atomic
+from pretraining.atomic import write_json_atomic
 from pretraining.cli import ArgumentChecker
 from pretraining.errors import UserError
 from pretraining.modeling import BertPreTrainedModel, export_pretrained
@@ -149,11 +148,6 @@ class GlueTrainingArguments(TrainingArguments):
                              "or neither")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Write atomically: a crash never leaves a half-written results file."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def load_data(data_args: GlueDataArguments, cache_dir: Optional[str] = None) -> glue.TaskData:
     """The task's splits: rotten_tomatoes (packaged) or a GLUE task from the Hub, with any of
     --train_file/--validation_file/--test_file replacing that split; a local task without a name."""
@@ -273,7 +267,7 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
     data = _subsets(load_data(data_args, model_args.cache_dir), data_args)
     _check_splits(data, training_args)
     glue.checkpoint_model_type(model_args.model_name_or_path, model_args.cache_dir)  # a bad model path is named first
-    tokenizer = glue.load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
+    tokenizer = glue.checkpoint_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
     data = glue.tokenize_splits(data, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length)
     if not training_args.seeds:
         return _finetune_seed(model_args, data_args, training_args, data, tokenizer)
@@ -287,7 +281,7 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
     results = summarize_seeds(per_seed)
     if training_args.process_index == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(output_dir / "all_results.json", results)
+        write_json_atomic(output_dir / "all_results.json", results)
     return results
 
 
@@ -342,7 +336,7 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
         train_metrics = {**train_result.metrics, "train_samples": len(data.train)}
         results.update(train_metrics)
         if trainer.is_world_process_zero():
-            _write_json(output_dir / "train_results.json", train_metrics)
+            write_json_atomic(output_dir / "train_results.json", train_metrics)
             trainer.save_state()
     if training_args.do_eval:
         eval_metrics = {}
@@ -351,7 +345,7 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
             eval_metrics.update({f"{key}{suffix}" if key != "epoch" else key: value for key, value in metrics.items()})
         results.update(eval_metrics)
         if trainer.is_world_process_zero():
-            _write_json(output_dir / "eval_results.json", eval_metrics)
+            write_json_atomic(output_dir / "eval_results.json", eval_metrics)
     if training_args.do_predict:
         for tag, dataset in data.tests.items():
             dataset = dataset.remove_columns([c for c in ("label",) if c in dataset.column_names])
@@ -360,5 +354,5 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
                 glue.write_predictions(output_dir / f"predict_results_{tag}.tsv", task, predictions)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(output_dir / "all_results.json", results)
+        write_json_atomic(output_dir / "all_results.json", results)
     return results

@@ -20,7 +20,7 @@ SCRIPTS = {
         "pretraining.args:OptimizerArguments",
         "pretraining.args:SchedulerArguments",
         "pretraining.args:DatasetArguments",
-        "pretraining.args:DeepSpeedArguments",
+        "pretraining.args:EngineArguments",
         "pretraining.args:PretrainingArguments",
     ],
     "run_glue.py": [

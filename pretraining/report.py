@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 from pretraining.errors import UserError, run_main
 
@@ -628,5 +628,21 @@ def main(argv: Optional[Sequence[str]] = None):
     return rows
 
 
+
+def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
+    """A markdown table, one row per task, from each run's ``all_results.json`` dict (shell/finetune.sh's)."""
+    from pretraining.glue.tasks import METRICS
+
+    rows = ["| task | metrics | eval_loss | train_runtime (s) |", "|---|---|---|---|"]
+    for name, result in results.items():
+        metrics = ", ".join(f"{k[len('eval_'):]} {v:.4f}" for k, v in result.items()
+                            if k.startswith("eval_") and isinstance(v, (int, float))
+                            and k[len("eval_"):].split("_mm")[0] in METRICS)
+        loss = result.get("eval_loss", math.nan)
+        rows.append(f"| {name} | {metrics or '-'} | {loss:.4f} | {result.get('train_runtime', math.nan):.1f} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     main()
+

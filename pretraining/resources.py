@@ -1,4 +1,4 @@
-"""Locations of the real data that packages ship, for offline runs (DESIGN.md).
+"""Locations of the real data that packages ship, for offline runs (the packages in requirements-data.txt).
 
 Files are found without importing the packages (their imports pull heavy
 dependencies). Each helper raises a UserError that says which package to install.

@@ -104,7 +104,7 @@ def lr_multiplier(position: float, total: float | None, warmup: float, curve: st
 
 def time_multiplier(elapsed_seconds: float, args, curve: Curve | None = None) -> float:
     """``--lr_schedule time``: multiplier after ``elapsed_seconds`` of training."""
-    total = args.total_training_time * 3600.0
+    total = args.total_training_s
     return lr_multiplier(elapsed_seconds, total, args.warmup_proportion * total, curve or args.curve,
                          args.decay_rate, args.decay_step)
 

@@ -44,233 +44,27 @@ import functools
 import json
 import logging
 import math
-import os
-import random
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from pretraining.args import (DatasetArguments, DeepSpeedArguments, ModelArguments, OptimizerArguments,
-                              PretrainingArguments, SchedulerArguments)
-from pretraining.atomic import write_guard
+from pretraining.atomic import swap_folder, write_guard
 from pretraining.checkpoint import (CorruptCheckpoint, list_checkpoints, load_checkpoint, resume_candidates,
                                    save_checkpoint)
-from pretraining.cli import ArgumentChecker, asdict, parse_args
+from pretraining.config import PretrainingConfig, check_arguments
 from pretraining.errors import UserError
 from pretraining.evaluation import MaskedLMSums, unigram_log_probs
+from pretraining.progress import Interval, Progress, StopReason, TrainingTimer
+from pretraining.run_setup import (build_model, check_shards, check_vocab, data_vocab_size, dataset_tokenizer,
+                                   set_seeds)
 
 logger = logging.getLogger(__name__)
-ARGUMENT_GROUPS = (ModelArguments, OptimizerArguments, SchedulerArguments, DatasetArguments, DeepSpeedArguments,
-                   PretrainingArguments)
 #: model inputs the collator produces (next_sentence_label only for bert-mlm-nsp)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
-#: what must match between a checkpoint and the run resuming it
-MODEL_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-                    "encoder_ln_mode")
-RUN_KEYS = ("model_type", "optimizer_type", "deepspeed", "zero_stage")
-
-
-@dataclass
-class PretrainingConfig:
-    """All argument groups of run_pretraining.py."""
-
-    model: ModelArguments
-    optimizer: OptimizerArguments
-    scheduler: SchedulerArguments
-    data: DatasetArguments
-    engine: DeepSpeedArguments
-    run: PretrainingArguments
-
-    @classmethod
-    def parse(cls, argv=None) -> "PretrainingConfig":
-        """Parse command-line flags (or one JSON file of them)."""
-        return cls(*parse_args(ARGUMENT_GROUPS, argv))
-
-    def groups(self) -> tuple:
-        return self.model, self.optimizer, self.scheduler, self.data, self.engine, self.run
-
-    def as_dict(self) -> dict:
-        return asdict(*self.groups())
-
-    def compatibility(self, model_config) -> dict:
-        """What a checkpoint and the run resuming it must share: the model's shape and the run's engine."""
-        merged = self.as_dict()
-        return {**{key: getattr(model_config, key) for key in MODEL_SHAPE_KEYS},
-                **{key: merged[key] for key in RUN_KEYS}, "precision": self.engine.precision}
-
-
-def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, list[str]]:
-    """Validate every group and the rules across groups, all errors at once.
-
-    Returns the gradient accumulation steps and the notices for no-op flags.
-    """
-    from pretraining.engine import check_precision_supported
-
-    if config.run.add_nsp:
-        config.model.model_type = "bert-mlm-nsp"
-    check = ArgumentChecker()
-    for group in config.groups():
-        group.validate(check)
-    run = config.run
-    per_step = run.train_micro_batch_size_per_gpu * world_size
-    check.require(run.train_batch_size % per_step == 0 if per_step > 0 else False,
-                  f"--train_batch_size {run.train_batch_size} is not a multiple of --train_micro_batch_size_per_gpu "
-                  f"{run.train_micro_batch_size_per_gpu} x {world_size} rank(s) = {per_step}: pick sizes that divide")
-    accum = run.train_batch_size // per_step if per_step > 0 else 0
-    check.require(run.gradient_accumulation_steps in (None, accum),
-                  f"--gradient_accumulation_steps {run.gradient_accumulation_steps} disagrees with --train_batch_size / "
-                  f"(micro batch x ranks) = {accum}: drop it (it is derived)")
-    check.require(config.scheduler.lr_schedule != "step" or run.max_steps is not None,
-                  "--lr_schedule step needs --max_steps (the schedule's total); or use --lr_schedule time")
-    problem = check_precision_supported(config.engine.precision)
-    check.require(problem is None, problem or "")
-    check.require(not (config.engine.fused_optimizer and config.optimizer.optimizer_type == "lamb")
-                  or torch.cuda.is_available(),
-                  "--fused_optimizer with lamb is DeepSpeed's FusedLamb, which needs a CUDA GPU: drop "
-                  "--fused_optimizer (the torch LAMB computes the same update)")
-    check.raise_if_any()
-    notices = [n for group in (config.data, config.engine, config.run) for n in group.notices()]
-    return max(accum, 1), notices
-
-
-def load_tokenizer(name: str | None, manifest: dict | None, dataset_path: str | None = None):
-    """``--tokenizer_name``, else the manifest's tokenizer (a relative one is the dataset folder's own, e.g. the
-    vocabulary ``prepare_dataset.py --train_tokenizer`` trained), else the packaged bert-base-uncased."""
-    from transformers import AutoTokenizer
-
-    from pretraining.resources import default_tokenizer_dir
-
-    recorded = (manifest or {}).get("tokenizer")
-    if recorded and dataset_path and not Path(recorded).is_absolute() and (Path(dataset_path) / recorded).is_dir():
-        recorded = str(Path(dataset_path) / recorded)
-    source = name or recorded or str(default_tokenizer_dir())
-    try:
-        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"tokenizer {source!r} could not be loaded ({str(exc).splitlines()[0]}); pass --tokenizer_name "
-                        "with a local tokenizer folder (or a Hub name when online)") from None
-
-
-def build_model(model_args, vocab_size: int):
-    """A new BERT from the architecture flags (``--vocab_size``, else ``vocab_size``: the tokenizer's), or the
-    weights of ``--model_name_or_path`` (its own architecture)."""
-    from pretraining.modeling import BertForPreTraining, build_config
-
-    if not model_args.model_name_or_path:
-        return BertForPreTraining(build_config(model_args, vocab_size=model_args.vocab_size or vocab_size))
-    from pretraining.convert import check_loading
-
-    try:
-        model, info = BertForPreTraining.from_pretrained(
-            model_args.model_name_or_path, cache_dir=model_args.cache_dir, output_loading_info=True,
-            next_sentence_prediction=model_args.model_type == "bert-mlm-nsp",
-            sparse_mask_prediction=model_args.sparse_mask_prediction)
-    except OSError as exc:
-        raise UserError(f"--model_name_or_path {model_args.model_name_or_path!r} could not be loaded "
-                        f"({str(exc).splitlines()[0]}): give a folder written by run_pretraining.py (pretrained/) "
-                        "or a BERT checkpoint") from None
-    fresh = check_loading(info.get("missing_keys", []), info.get("unexpected_keys", []), model_args.model_name_or_path)
-    if fresh:
-        logger.warning("notice: --model_name_or_path %s has no %s: they start fresh (heads, not the encoder)",
-                       model_args.model_name_or_path, ", ".join(fresh))
-    return model
-
-
-def data_vocab_size(manifest: dict | None, tokenizer) -> int:
-    """The vocabulary the shards and tokenizer need: the larger of the manifest's and the tokenizer's."""
-    return max(int((manifest or {}).get("vocab_size") or 0), len(tokenizer))
-
-
-def check_vocab(dataset_path: str, manifest: dict | None, tokenizer, model_vocab: int) -> None:
-    """Refuse shards or a tokenizer whose token ids do not fit the model's embedding."""
-    data_vocab = int((manifest or {}).get("vocab_size") or len(tokenizer))
-    if max(data_vocab, len(tokenizer)) > model_vocab:
-        raise UserError(
-            f"the shards in {dataset_path} use a tokenizer of {data_vocab} tokens (tokenizer {len(tokenizer)}), more "
-            f"than the model's --vocab_size {model_vocab}: set --vocab_size {max(data_vocab, len(tokenizer))}, or "
-            "prepare the shards with a tokenizer that fits")
-
-
-def check_shards(paths: list[Path], max_positions: int) -> None:
-    """Check every shard's schema before training (metadata only: a bad shard fails the start, not epoch 500).
-
-    All shards must share one sequence length, within the model's position embeddings.
-    """
-    from pretraining.data.shards import check_shard
-
-    lengths = {path: check_shard(path)["seq_length"] for path in paths}
-    distinct = sorted(set(lengths.values()))
-    if len(distinct) > 1:
-        examples = ", ".join(f"{next(p.name for p, n in lengths.items() if n == length)}: {length}"
-                             for length in distinct)
-        raise UserError(f"the shards have different sequence lengths ({examples}): they come from different "
-                        "preparations; keep one prepare_dataset.py output per --dataset_path")
-    if distinct and distinct[0] > max_positions:
-        raise UserError(f"the shards hold sequences of {distinct[0]} tokens, more than the model's "
-                        f"--max_position_embeddings {max_positions}: set --max_position_embeddings {distinct[0]} or "
-                        f"more, or prepare the shards with --max_seq_length {max_positions} or less")
-
-
-class TrainingTimer:
-    """Training time: seconds since start (plus an offset from a checkpoint) minus paused spans."""
-
-    def __init__(self, clock: Callable[[], float], offset_s: float = 0.0):
-        self.clock = clock
-        self.offset_s = offset_s
-        self.start = clock()
-        self.paused_s = 0.0
-
-    def elapsed(self) -> float:
-        return self.offset_s + self.clock() - self.start - self.paused_s
-
-    @contextmanager
-    def paused(self):
-        """Time spent inside does not count as training time."""
-        began = self.clock()
-        try:
-            yield
-        finally:
-            self.paused_s += self.clock() - began
-
-
-@dataclass
-class Progress:
-    """The loop's position, saved in every checkpoint's state.json."""
-
-    step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0
-    elapsed_s: float = 0.0
-    tokens: int = 0
-    samples: int = 0
-    validations: int = 0
-    markers_done: int = 0
-    skipped_in_a_row: int = 0
-    skipped_steps: int = 0
-    last_eval_step: int = -1
-    last_checkpoint_step: int = -1
-    wandb_run_id: str | None = None
-
-
-@dataclass
-class Interval:
-    """Sums since the last progress line."""
-
-    steps: int = 0
-    loss: float = 0.0
-    samples: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    last_mean: float = math.nan
-
-    def mean_loss(self) -> float:
-        return self.loss / self.steps if self.steps else self.last_mean
 
 
 @dataclass
@@ -282,12 +76,6 @@ class RunResult:
     model: torch.nn.Module = field(repr=False)
 
 
-def set_seeds(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class Pretraining:
     """One run: built by :func:`pretrain`; ``run()`` trains and returns the result."""
 
@@ -296,7 +84,7 @@ class Pretraining:
         from pretraining.data.loader import ShardLoader
         from pretraining.data.shards import list_shards, read_manifest, read_shard
         from pretraining.engine import build_engine, setup_distributed
-        from pretraining.logging import RunLogger, wandb_mode
+        from pretraining.metrics import RunLogger, wandb_mode
         from pretraining.optimizers import build_optimizer
         from pretraining.schedules import build_scheduler
 
@@ -315,7 +103,7 @@ class Pretraining:
         self.train_shards = list_shards(data.dataset_path, "train")
         self.test_shards = list_shards(data.dataset_path, "test") if run.do_validation else []
         self.manifest = read_manifest(data.dataset_path)
-        self.tokenizer = load_tokenizer(config.model.tokenizer_name, self.manifest, data.dataset_path)
+        self.tokenizer = dataset_tokenizer(config.model.tokenizer_name, self.manifest, data.dataset_path)
         self.nsp = config.model.model_type == "bert-mlm-nsp"
         self.inputs = MODEL_INPUTS + (("next_sentence_label",) if self.nsp else ())
         self.collate = PretrainingCollator(
@@ -353,8 +141,7 @@ class Pretraining:
         if resume is not None:
             resume = self._resume(candidates, notices)
         self.loader.steps_in_epoch(self.progress.epoch)  # shards too small for one step: fail now, not later
-        self.budget_s = min(run.early_exit_time_marker, config.scheduler.total_training_time) * 3600.0
-        self.total_s = config.scheduler.total_training_time * 3600.0
+        self.budget_s, self.total_s = config.budget_s, config.scheduler.total_training_s
         self.logger = RunLogger(
             self.run_dir, is_main=self.dist.is_main, budget_s=self.budget_s, stream=stream,
             resume_step=self.progress.step if resume is not None else None,
@@ -412,11 +199,11 @@ class Pretraining:
         self.timer = TrainingTimer(self.clock, self.progress.elapsed_s)
         self.interval = Interval()
         self.engine.train()
-        reason = self._limit_reached()  # a resumed run may have nothing left to do
+        reason = self.should_stop()  # a resumed run may have nothing left to do
         try:
             while reason is None:
                 if self.progress.epoch >= self.config.run.num_epochs:
-                    reason = "num_epochs"
+                    reason = StopReason.NUM_EPOCHS
                     break
                 for micro_batches in self.loader.epoch(self.progress.epoch, self.progress.step_in_epoch):
                     reason = self._train_step(micro_batches)
@@ -433,7 +220,7 @@ class Pretraining:
     def _to_device(self, batch: dict) -> dict:
         return {k: batch[k].to(self.dist.device, non_blocking=True) for k in self.inputs}
 
-    def _train_step(self, micro_batches: list[dict]) -> str | None:
+    def _train_step(self, micro_batches: list[dict]) -> StopReason | None:
         progress, engine = self.progress, self.engine
         lr = self.scheduler.step(progress.step, progress.elapsed_s)  # training time when this step begins
         loss_sum, tokens, samples = torch.zeros((), device=self.dist.device), 0, 0
@@ -468,15 +255,15 @@ class Pretraining:
             self.logger.print(f"error: the fp16 loss scaler skipped {progress.skipped_in_a_row} updates in a row "
                               f"({progress.skipped_steps} in total) at step {progress.step} "
                               "(overflowing gradients): stopping; lower --lr or enable --gradient_clipping")
-            return "nonfinite_loss"
-        return self._limit_reached()
+            return StopReason.NONFINITE_LOSS
+        return self.should_stop()
 
-    def _limit_reached(self) -> str | None:
+    def should_stop(self) -> StopReason | None:
         """max_steps or time_budget when reached (a collective: every rank must call it)."""
         if self.config.run.max_steps is not None and self.progress.step >= self.config.run.max_steps:
-            return "max_steps"
+            return StopReason.MAX_STEPS
         if self.dist.any(self.progress.elapsed_s >= self.budget_s):
-            return "time_budget"
+            return StopReason.TIME_BUDGET
         return None
 
     def _account(self, loss: float, tokens: int, samples: int, seconds: float) -> None:
@@ -505,14 +292,14 @@ class Pretraining:
             return {}
         return {"loss_scale": self.engine.loss_scale, "skipped_steps": self.progress.skipped_steps}
 
-    def _nonfinite(self, what: str, lr: float) -> str:
+    def _nonfinite(self, what: str, lr: float) -> StopReason:
         good = list_checkpoints(self.ckpt_root)
         where = (f"the last good checkpoint is {good[-1]} (resume with --load_training_checkpoint {self.run_dir} "
                  f"--load_checkpoint_id {good[-1].name})") if good else "no checkpoint was saved before it"
         self.logger.print(f"error: {what} at step {self.progress.step + 1} (lr {lr:.3e}); "
                           f"stopped before applying that update and saved nothing; {where}. Lower --lr, set "
                           "--gradient_clipping, or lengthen the warmup")
-        return "nonfinite_loss"
+        return StopReason.NONFINITE_LOSS
 
     # --- epoch ends and the end ----------------------------------------------------------------------------
 
@@ -523,7 +310,7 @@ class Pretraining:
             run.validation_epochs_end if share > 1 - run.validation_end_proportion else run.validation_epochs
         return epoch_index % every == 0
 
-    def _end_of_epoch(self) -> str | None:
+    def _end_of_epoch(self) -> StopReason | None:
         run, progress = self.config.run, self.progress
         finished = progress.epoch
         progress.epoch += 1
@@ -532,7 +319,7 @@ class Pretraining:
             if run.do_validation and self._should_validate(finished):
                 eval_loss = self._validate()
                 if run.use_early_stopping and self._early_stop(eval_loss):
-                    return "early_stop"
+                    return StopReason.EARLY_STOP
             markers = run.time_markers
             while progress.markers_done < len(markers) and \
                     progress.elapsed_s >= markers[progress.markers_done] * self.total_s:
@@ -595,11 +382,7 @@ class Pretraining:
             shutil.rmtree(tmp, ignore_errors=True)
             with write_guard(folder, tmp):
                 export_pretrained(model, self.tokenizer, tmp, card=self._card())
-            old = folder.with_name(f".old-{folder.name}")
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_folder(tmp, folder, folder.with_name(f".old-{folder.name}"))
             self.logger.print(f"model exported: {folder}")
         self.dist.barrier()
 
@@ -622,11 +405,11 @@ class Pretraining:
                 f"MLM accuracy {last.get('eval_mlm_accuracy', float('nan')):.4f})" if last else ""),
         }
 
-    def _finish(self, reason: str) -> dict:
+    def _finish(self, reason: StopReason) -> dict:
         run, progress = self.config.run, self.progress
         if self.interval.steps and progress.step % run.print_steps:
             self._log_train(self.scheduler.get_last_lr()[0])
-        if reason != "nonfinite_loss":
+        if reason is not StopReason.NONFINITE_LOSS:
             with self.timer.paused():
                 if run.do_validation and progress.last_eval_step != progress.step:
                     self._validate()
@@ -634,7 +417,7 @@ class Pretraining:
                     self._checkpoint()
                 if run.finetune_checkpoint_at_end:
                     self._export(self.run_dir / "pretrained")
-        end = {"reason": reason, "step": progress.step, "elapsed_s": progress.elapsed_s, "tokens": progress.tokens,
+        end = {"reason": reason.value, "step": progress.step, "elapsed_s": progress.elapsed_s, "tokens": progress.tokens,
                "final_loss": self.interval.last_mean, **self._fp16_record()}
         self.logger.end(end)
         return end

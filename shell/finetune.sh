@@ -82,7 +82,7 @@ import json
 import sys
 from pathlib import Path
 
-from pretraining.glue import results_table
+from pretraining.report import results_table
 
 out, tasks = Path(sys.argv[1]), sys.argv[2:]
 results = {}

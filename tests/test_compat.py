@@ -117,6 +117,7 @@ def test_prepare_with_no_arguments_uses_defaults_offline(tmp_path, monkeypatch, 
     assert named.dataset is None and named.output_dir == str(Path("data") / "input_files")
 
 
+@pytest.mark.slow
 def test_readme_flow_fills_every_column(tiny_shards, tmp_path):
     """prepare (fixture) -> run_pretraining (a run and its control) -> shell/finetune.sh RUN/pretrained ->
     python -m pretraining.report RUNS: every column has a value."""

@@ -6,8 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
+from pretraining.atomic import sha256_file, write_json_atomic
 from pretraining.data.shards import (
-    list_shards, read_manifest, read_shard, sha256_file, write_json_atomic, write_shard,
+    list_shards, read_manifest, read_shard, write_shard,
 )
 from pretraining.errors import UserError
 

@@ -16,6 +16,8 @@ import pytest
 from pretraining import demo
 from pretraining.errors import UserError
 
+pytestmark = pytest.mark.slow  # processes launched and killed: `make test-fast` skips these
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A stand-in script: appends its argv to calls.txt, writes OUT/done unless --fail or --partial.

@@ -23,8 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretraining.data.shards import read_manifest, sha256_file
+from pretraining.atomic import sha256_file
+from pretraining.data.shards import read_manifest
 from tests.conftest import ROOT, TINY_SHARD_FLAGS
+
+pytestmark = pytest.mark.slow  # processes launched and killed: `make test-fast` skips these
 
 PYTHON_ENV = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 

@@ -34,6 +34,7 @@ def _polarity_sentences() -> list[tuple[str, int]]:
     return [(line.split(" ", 1)[1].strip(), int(line.startswith("__label__pos"))) for line in lines if line.strip()]
 
 
+@pytest.mark.slow
 def test_minilm_beats_majority_on_rotten_tomatoes(minilm_dir, tmp_path):
     results = _run("--model_name_or_path", minilm_dir, "--task_name", "rotten_tomatoes", "--output_dir", tmp_path,
                    "--do_train", "--do_eval", "--max_train_samples", 320, "--max_eval_samples", 200,
@@ -149,6 +150,7 @@ def test_clear_errors(tiny_exports, minilm_dir, tmp_path, capsys):
         assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_finetune_sh_runs_and_prints_a_table(tiny_exports, tmp_path):
     env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "ft"), "EPOCHS": "1", "EVAL_STEPS": "1000", "MAX_SEQ_LENGTH": "32",
            "BATCH_SIZE": "16", "WARMUP_STEPS": "0", "LR": "1e-3"}
@@ -180,6 +182,7 @@ def test_seeds_run_once_each_and_summarise(tiny_exports, tmp_path):
              "--do_eval", "--seeds", 1, 1)
 
 
+@pytest.mark.slow
 def test_finetune_sh_seeds(tiny_exports, tmp_path):
     env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "ft"), "EPOCHS": "1", "EVAL_STEPS": "1000", "MAX_SEQ_LENGTH": "32",
            "BATCH_SIZE": "16", "WARMUP_STEPS": "0", "LR": "1e-3", "SEEDS": "1 2"}

@@ -225,7 +225,7 @@ def test_hub_offline_is_a_clear_error(monkeypatch):
         glue.load_hub_task(glue.TASKS["rte"], cache_dir="/nonexistent-cache-for-test")
 
 
-# --- predictions, tables ---------------------------------------------------------------
+# --- predictions ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,expected", [
     ("mnli", ["entailment", "contradiction", "neutral"]),
@@ -246,13 +246,8 @@ def test_submission_regression(tmp_path):
     assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n0\t1.235\n1\t4.000\n"
 
 
-def test_results_table():
-    table = glue.results_table({"mnli": {"eval_accuracy": 0.8, "eval_accuracy_mm": 0.81, "eval_loss": 0.5,
-                                         "eval_runtime": 3.0, "train_runtime": 12.0}})
-    assert table.splitlines()[2] == "| mnli | accuracy 0.8000, accuracy_mm 0.8100 | 0.5000 | 12.0 |"
-
-
 # --- arguments ---------------------------------------------------------------------------
+
 
 def _parse(argv):
     from pretraining.cli import parse_args

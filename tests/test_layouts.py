@@ -13,7 +13,7 @@ import transformers
 from pretraining import glue
 from pretraining.convert import check_loading
 from pretraining.errors import UserError
-from pretraining.modeling import BertConfig, BertForPreTraining, BertForSequenceClassification, export_pretrained
+from pretraining.modeling import BertConfig, BertForPreTraining, export_pretrained
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 MODES = {  # (encoder_ln_mode, layernorm_embedding) -> the stock class that must load the export

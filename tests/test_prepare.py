@@ -19,7 +19,8 @@ import pytest
 
 from prepare_dataset import main
 from pretraining.data.corpus import offline_wikipedia
-from pretraining.data.shards import list_shards, read_manifest, read_shard, sha256_file
+from pretraining.atomic import sha256_file
+from pretraining.data.shards import list_shards, read_manifest, read_shard
 from pretraining.errors import UserError
 from tests.conftest import ROOT, TINY_SHARD_FLAGS
 
@@ -153,6 +154,7 @@ def test_dup_factor_nsp_and_mediawiki_input(tmp_path, bert_tokenizer):
     np.testing.assert_array_equal(batch["next_sentence_label"].numpy(), labels[:8])
 
 
+@pytest.mark.slow
 def test_rerun_is_a_noop_and_other_settings_are_refused_unless_overwrite(tiny_shards, tmp_path, capsys):
     folder = tmp_path / "copy"
     shutil.copytree(tiny_shards, folder)
@@ -192,6 +194,7 @@ def _run_until(command, condition, timeout=120.0):
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_killed_runs_resume_to_identical_files(tmp_path):
     flags = ["--max_documents", "800", "--max_seq_length", "64", "--num_train_shards", "6", "--dup_factor", "3",
@@ -247,6 +250,7 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys, flags, message):
     assert re.search(message, err[err.index("error: "):], re.S), err  # (progress bars may come first)
 
 
+@pytest.mark.slow
 def test_script_exit_code_and_message_in_a_real_process(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "prepare_dataset.py"), "--output_dir", str(tmp_path),
                              "--input_files", str(tmp_path / "nothing.jsonl")],

@@ -131,7 +131,7 @@ def test_time_budget_stops_the_run_and_drives_the_schedule(pretrain_flags):
 
 
 def test_validation_and_checkpoint_time_is_not_training_time():
-    from pretraining.training import TrainingTimer
+    from pretraining.progress import TrainingTimer
 
     now = [100.0]
     timer = TrainingTimer(lambda: now[0], offset_s=50.0)  # resumed after 50 s of training
@@ -297,7 +297,7 @@ def test_wandb_runs_offline_without_a_key_and_a_resume_continues_its_run(pretrai
 
 
 def test_wandb_mode_and_secret_redaction(monkeypatch, tmp_path):
-    from pretraining.logging import redact, wandb_mode
+    from pretraining.metrics import redact, wandb_mode
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -332,7 +332,7 @@ warmup_proportion decay_rate decay_step num_warmup_steps
 def test_every_academic_budget_bert_flag_is_accepted_and_no_ops_say_so(pretrain_flags, tmp_path):
     import dataclasses
 
-    from pretraining.training import ARGUMENT_GROUPS, check_arguments
+    from pretraining.config import ARGUMENT_GROUPS, check_arguments
 
     ours = {f.name for group in ARGUMENT_GROUPS for f in dataclasses.fields(group)}
     assert sorted(set(ACADEMIC_BUDGET_BERT_FLAGS) - ours) == []

@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from pretraining.args import DeepSpeedArguments
+from pretraining.args import EngineArguments
 from pretraining.engine import DeepSpeedEngine, deepspeed_config
 from pretraining.errors import UserError
 from pretraining.training import PretrainingConfig, pretrain
@@ -64,19 +64,19 @@ def test_deepspeed_resume_with_zero_sharded_state_is_exact(pretrain_flags):
 
 
 def test_deepspeed_config_comes_from_the_flags_and_a_file_overrides_it(tmp_path):
-    args = DeepSpeedArguments(deepspeed=True, bf16=True, gradient_clipping=0.0, zero_stage=2)
+    args = EngineArguments(deepspeed=True, bf16=True, gradient_clipping=0.0, zero_stage=2)
     config = deepspeed_config(args, train_batch_size=64, micro_batch=8, grad_accum=4)
     assert config["bf16"] == {"enabled": True} and "fp16" not in config
     assert config["gradient_clipping"] == 0.0  # explicit: DeepSpeed's own default would clip at 1.0
     assert config["zero_optimization"] == {"stage": 2} and config["gradient_accumulation_steps"] == 4
 
-    fp16 = deepspeed_config(DeepSpeedArguments(deepspeed=True, fp16=True), train_batch_size=8, micro_batch=8,
+    fp16 = deepspeed_config(EngineArguments(deepspeed=True, fp16=True), train_batch_size=8, micro_batch=8,
                             grad_accum=1)
     assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0  # dynamic loss scaling
 
     override = tmp_path / "ds.json"
     override.write_text(json.dumps({"zero_optimization": {"contiguous_gradients": True}, "gradient_clipping": 0.5}))
-    args = DeepSpeedArguments(deepspeed=True, zero_stage=1, deepspeed_config=str(override))
+    args = EngineArguments(deepspeed=True, zero_stage=1, deepspeed_config=str(override))
     merged = deepspeed_config(args, train_batch_size=8, micro_batch=8, grad_accum=1)
     assert merged["zero_optimization"] == {"stage": 1, "contiguous_gradients": True}
     assert merged["gradient_clipping"] == 0.5

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # processes launched and killed: `make test-fast` skips these
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_SIZES = (40, 72, 100)
 TIMEOUT_S = 300

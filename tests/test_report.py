@@ -269,3 +269,9 @@ def test_control_row_seed_statistics_and_gains(tmp_path):
         assert name in parsed["adamw"], name
     assert float(parsed["adamw"]["f1_mean"]) == pytest.approx(0.80) and float(parsed["adamw"]["f1_std"]) == pytest.approx(0.02)
     assert parsed["adamw"]["seeds"] == "3" and parsed["adam"]["significant"] == "False"
+
+
+def test_results_table():
+    table = report.results_table({"mnli": {"eval_accuracy": 0.8, "eval_accuracy_mm": 0.81, "eval_loss": 0.5,
+                                         "eval_runtime": 3.0, "train_runtime": 12.0}})
+    assert table.splitlines()[2] == "| mnli | accuracy 0.8000, accuracy_mm 0.8100 | 0.5000 | 12.0 |"

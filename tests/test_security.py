@@ -99,7 +99,7 @@ def test_run_glue_writes_no_secret_and_keeps_the_hub_token_out_of_its_outputs(ti
 
 
 def test_a_training_checkpoint_with_pickled_code_is_refused(pretrain_flags, tmp_path, capsys):
-    from pretraining.data.shards import sha256_file
+    from pretraining.atomic import sha256_file
     from run_pretraining import main
 
     main(pretrain_flags("--max_steps", "1"))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes launched and killed: `make test-fast` skips these
+
 ROOT = Path(__file__).resolve().parents[1]
 WRAPPERS = {"adam": "adam.sh", "adamw": "adamw.sh", "lamb": "lamb.sh", "adafactor": "adafactor.sh"}
 

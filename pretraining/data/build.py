@@ -15,10 +15,11 @@ from typing import Optional
 
 import numpy as np
 
+from pretraining.atomic import sha256_file
 from pretraining.data.chunkstore import SPLIT_CODES, ChunkStore, concatenate, make_key
 from pretraining.data.masking import candidate_mask, mask_tokens, replacement_ids
 from pretraining.data.samples import build_rows, pack_segment_pairs, pack_single_segments
-from pretraining.data.shards import read_shard, sha256_file, write_shard
+from pretraining.data.shards import read_shard, write_shard
 from pretraining.data.unigram import count_tokens
 
 PACKERS = {False: pack_single_segments, True: pack_segment_pairs}

@@ -27,7 +27,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from pretraining.atomic import WriteFailed
+from pretraining.atomic import WriteFailed, write_json_atomic
 from pretraining.cli import ArgumentChecker, asdict
 from pretraining.errors import UserError
 from pretraining.data import corpus
@@ -35,7 +35,7 @@ from pretraining.data.build import SampleSettings, ShardTask, build_shard
 from pretraining.data.chunkstore import SPLIT_CODES, ChunkStore, make_key, tokenize_chunk
 from pretraining.data.parallel import Workers
 from pretraining.data.shards import (
-    MANIFEST, SPLITS, WORK_DIR, list_shards, load_manifest_file, shard_name, write_json_atomic,
+    MANIFEST, SPLITS, WORK_DIR, list_shards, load_manifest_file, shard_name,
 )
 from pretraining.data.tokenization import TokenizerInfo, load_tokenizer
 from pretraining.data.tokenization import document_sentences

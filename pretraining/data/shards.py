@@ -25,7 +25,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from pretraining.atomic import write_bytes_atomic, write_text_atomic
+from pretraining.atomic import write_bytes_atomic
 from pretraining.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -123,7 +123,7 @@ def check_shard(path) -> dict[str, int]:
 
 
 def read_shard(path, vocab_size: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Load a whole shard into memory, validated, with the DESIGN.md dtypes.
+    """Load a whole shard into memory, validated, with the schema dtypes (SCHEMA, the README's shard table).
 
     Integer arrays of another width (some older shards) are converted. A missing,
     truncated, corrupt or wrong-schema file raises a UserError naming the file, and so
@@ -141,15 +141,6 @@ def read_shard(path, vocab_size: Optional[int] = None) -> dict[str, np.ndarray]:
                             "shards were made with a larger tokenizer; prepare them with the model's tokenizer, or "
                             f"set --vocab_size {highest + 1} or more (with that tokenizer as --tokenizer_name)")
     return {key: array.astype(SCHEMA[key][0], copy=False) for key, array in arrays.items()}
-
-
-def sha256_file(path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_image(arrays: dict[str, np.ndarray]) -> bytes:
@@ -177,11 +168,6 @@ def write_shard(path, arrays: dict[str, np.ndarray]) -> str:
     image = shard_image(arrays)
     write_bytes_atomic(path, image)
     return hashlib.sha256(image).hexdigest()
-
-
-def write_json_atomic(path, data: dict) -> None:
-    """Write JSON under a temporary name, then rename (:mod:`pretraining.atomic`)."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_manifest_file(path) -> Optional[dict]:

@@ -71,6 +71,18 @@ def _lowercases(normalizer: Optional[dict]) -> bool:
     return normalizer.get("type") == "Lowercase"
 
 
+def open_tokenizer(source: str, hint: str, cache_dir: Optional[str] = None, failed: str = "could not be loaded"):
+    """transformers' fast tokenizer from a folder or Hub name, never running remote code; a UserError saying
+    ``tokenizer SOURCE <failed> (<cause>); <hint>`` when it cannot be loaded. The one place tokenizers load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, cache_dir=cache_dir, use_fast=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"tokenizer {source!r} {failed} ({cause}); {hint}") from None
+
+
 def load_tokenizer(name: Optional[str], do_lower_case: Optional[bool] = None, cache_dir: Optional[str] = None) -> TokenizerInfo:
     """Load a fast tokenizer (Hub name or local folder; None = the packaged bert-base-uncased).
 
@@ -78,22 +90,15 @@ def load_tokenizer(name: Optional[str], do_lower_case: Optional[bool] = None, ca
     Raises a UserError when the tokenizer cannot be found, is not a fast tokenizer, or
     lacks the [CLS]/[SEP]/[PAD]/[MASK] tokens BERT pretraining needs.
     """
-    from transformers import AutoTokenizer
-
     if name is None:
         from pretraining.resources import default_tokenizer_dir
 
         name = str(default_tokenizer_dir())
     local = Path(name).expanduser()
     source = str(local.resolve()) if local.exists() else name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir, use_fast=True)
-    except (OSError, ValueError, KeyError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(
-            f"tokenizer {name!r} not found ({first_line}); pass --tokenizer_name a folder with tokenizer.json "
-            f"or vocab.txt, or a Hub name such as bert-base-uncased (needs network or a cached copy)"
-        ) from None
+    tokenizer = open_tokenizer(source, "pass --tokenizer_name a folder with tokenizer.json or vocab.txt, or a Hub "
+                                       "name such as bert-base-uncased (needs network or a cached copy)",
+                               cache_dir=cache_dir, failed="not found")
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"tokenizer {name!r} has no fast (Rust) version; use a WordPiece tokenizer with a tokenizer.json")
     ids = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("cls", "sep", "pad", "mask")}

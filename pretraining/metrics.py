@@ -19,7 +19,7 @@ from pathlib import Path
 SECRET_WORDS = ("key", "token", "secret", "password")
 
 
-def format_duration(seconds: float) -> str:
+def format_clock(seconds: float) -> str:
     """``H:MM:SS`` for a number of seconds."""
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -30,8 +30,8 @@ def progress_line(record: dict, budget_s: float, loss_scale: float | None = None
     parts = [
         f"step {record['step']}", f"epoch {record['epoch']}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.3e}",
         f"{record['seq_per_s']:.1f} seq/s", f"{record['tokens_per_s']:,.0f} tok/s",
-        f"elapsed {format_duration(record['elapsed_s'])} / {format_duration(budget_s)} "
-        f"(remaining {format_duration(budget_s - record['elapsed_s'])})",
+        f"elapsed {format_clock(record['elapsed_s'])} / {format_clock(budget_s)} "
+        f"(remaining {format_clock(budget_s - record['elapsed_s'])})",
     ]
     if loss_scale is not None:
         parts.append(f"loss scale {loss_scale:g}")
@@ -153,7 +153,7 @@ class RunLogger:
         record = {"type": "end", **record}
         self._write(record)
         self.print(f"training ended ({record['reason']}) at step {record['step']} after "
-                   f"{format_duration(record['elapsed_s'])} of training time; final loss {record['final_loss']:.4f}")
+                   f"{format_clock(record['elapsed_s'])} of training time; final loss {record['final_loss']:.4f}")
         if self.run is not None:
             self.run.summary.update({k: v for k, v in record.items() if k != "type"})
 

@@ -1,0 +1,88 @@
+"""run_pretraining.py's configuration: its argument groups together, the rules across groups and the values
+derived from several of them (gradient accumulation, the time budget). Each group's own rules live with the
+group in :mod:`pretraining.args`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pretraining.args import (DatasetArguments, EngineArguments, ModelArguments, OptimizerArguments,
+                              PretrainingArguments, SchedulerArguments)
+from pretraining.cli import ArgumentChecker, asdict, parse_args
+
+ARGUMENT_GROUPS = (ModelArguments, OptimizerArguments, SchedulerArguments, DatasetArguments, EngineArguments,
+                   PretrainingArguments)
+#: what must match between a checkpoint and the run resuming it
+MODEL_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                    "encoder_ln_mode")
+RUN_KEYS = ("model_type", "optimizer_type", "deepspeed", "zero_stage")
+
+
+@dataclass
+class PretrainingConfig:
+    """All argument groups of run_pretraining.py."""
+
+    model: ModelArguments
+    optimizer: OptimizerArguments
+    scheduler: SchedulerArguments
+    data: DatasetArguments
+    engine: EngineArguments
+    run: PretrainingArguments
+
+    @classmethod
+    def parse(cls, argv=None) -> "PretrainingConfig":
+        """Parse command-line flags (or one JSON file of them)."""
+        return cls(*parse_args(ARGUMENT_GROUPS, argv))
+
+    def groups(self) -> tuple:
+        return self.model, self.optimizer, self.scheduler, self.data, self.engine, self.run
+
+    def as_dict(self) -> dict:
+        return asdict(*self.groups())
+
+    @property
+    def budget_s(self) -> float:
+        """Training time at which the run stops: min(--early_exit_time_marker, --total_training_time), in seconds."""
+        return min(self.run.early_exit_time_marker * 3600.0, self.scheduler.total_training_s)
+
+    def compatibility(self, model_config) -> dict:
+        """What a checkpoint and the run resuming it must share: the model's shape and the run's engine."""
+        merged = self.as_dict()
+        return {**{key: getattr(model_config, key) for key in MODEL_SHAPE_KEYS},
+                **{key: merged[key] for key in RUN_KEYS}, "precision": self.engine.precision}
+
+
+def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, list[str]]:
+    """Validate every group and the rules across groups, all errors at once.
+
+    Returns the gradient accumulation steps and the notices for no-op flags.
+    """
+    from pretraining.engine import check_precision_supported
+
+    if config.run.add_nsp:
+        config.model.model_type = "bert-mlm-nsp"
+    check = ArgumentChecker()
+    for group in config.groups():
+        group.validate(check)
+    run = config.run
+    per_step = run.train_micro_batch_size_per_gpu * world_size
+    check.require(run.train_batch_size % per_step == 0 if per_step > 0 else False,
+                  f"--train_batch_size {run.train_batch_size} is not a multiple of --train_micro_batch_size_per_gpu "
+                  f"{run.train_micro_batch_size_per_gpu} x {world_size} rank(s) = {per_step}: pick sizes that divide")
+    accum = run.train_batch_size // per_step if per_step > 0 else 0
+    check.require(run.gradient_accumulation_steps in (None, accum),
+                  f"--gradient_accumulation_steps {run.gradient_accumulation_steps} disagrees with --train_batch_size / "
+                  f"(micro batch x ranks) = {accum}: drop it (it is derived)")
+    check.require(config.scheduler.lr_schedule != "step" or run.max_steps is not None,
+                  "--lr_schedule step needs --max_steps (the schedule's total); or use --lr_schedule time")
+    problem = check_precision_supported(config.engine.precision)
+    check.require(problem is None, problem or "")
+    check.require(not (config.engine.fused_optimizer and config.optimizer.optimizer_type == "lamb")
+                  or torch.cuda.is_available(),
+                  "--fused_optimizer with lamb is DeepSpeed's FusedLamb, which needs a CUDA GPU: drop "
+                  "--fused_optimizer (the torch LAMB computes the same update)")
+    check.raise_if_any()
+    notices = [n for group in (config.data, config.engine, config.run) for n in group.notices()]
+    return max(accum, 1), notices

@@ -1,0 +1,271 @@
+"""Task data: local csv/tsv/json(l) files (GLUE's own TSVs included), the Hub, and the offline ``rotten_tomatoes``
+snippets; every split normalised to ``sentence1``, optional ``sentence2`` and ``label``; subsets and tokenization."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from pretraining.errors import UserError
+
+from pretraining.glue.tasks import GLUE_HUB_DATASET, ROTTEN_TOMATOES_VALIDATION_FRACTION, SPLIT_SEED, TASKS, TaskData, TaskSpec, local_task
+
+
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
+
+
+def _file_format(path: Path) -> str:
+    """``csv`` for ``x.csv`` and ``x.csv.gz``; the empty string when there is no suffix."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return suffixes[-1].lstrip(".") if suffixes else ""
+
+
+def _read_csv(path: Path, headerless: Optional[Sequence[str]]):
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def _read_tsv(path: Path, headerless: Optional[Sequence[str]]):
+    import pandas as pd
+
+    # GLUE's TSVs hold unbalanced quotes: read fields as plain text, as GLUE's own readers do; malformed
+    # rows (a few in QQP) are skipped with a warning.
+    options = dict(sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, on_bad_lines="warn", dtype=str)
+    frame = pd.read_csv(path, **options)
+    if headerless and not {"index", "sentence", "label"} & set(frame.columns):
+        frame = pd.read_csv(path, header=None, names=list(headerless), **options)
+    return frame
+
+
+def _read_json(path: Path, headerless: Optional[Sequence[str]]):
+    import pandas as pd
+
+    if _file_format(path) == "jsonl":
+        return pd.read_json(path, lines=True)
+    try:  # a JSON array of records, else JSON lines (what datasets' json loader also accepts)
+        return pd.read_json(path)
+    except ValueError:
+        return pd.read_json(path, lines=True)
+
+
+READERS = {"csv": _read_csv, "tsv": _read_tsv, "json": _read_json, "jsonl": _read_json}
+
+
+def read_table(path: str | Path, headerless: Optional[Sequence[str]] = None):
+    """Read a csv/tsv/json/jsonl file (optionally .gz/.bz2/.xz compressed) into a DataFrame.
+
+    ``headerless`` names the columns of a TSV written without a header (GLUE's CoLA).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist; check --train_file/--validation_file/--test_file")
+    fmt = _file_format(path)
+    if fmt not in READERS:
+        raise UserError(f"cannot read {path}: unsupported format {fmt!r}; use one of: {', '.join(READERS)}")
+    try:
+        frame = READERS[fmt](path, headerless)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot parse {path} as {fmt}: {exc}") from None
+    if len(frame) == 0:
+        raise UserError(f"{path} holds no examples")
+    return frame
+
+
+def _pick_column(frame, candidates: Sequence[str], role: str, source: str) -> str:
+    for name in candidates:
+        if name in frame.columns:
+            return name
+    raise UserError(f"{source} has no {role} column {' or '.join(map(repr, candidates))}; its columns are "
+                    f"{', '.join(map(str, frame.columns))}: name the right ones with --text_columns/--label_column")
+
+
+def _numeric(values):
+    """Numbers stay numbers; strings that all parse as numbers (TSV fields) become numbers."""
+    import pandas as pd
+
+    if values.dtype != object:
+        return values
+    converted = pd.to_numeric(values, errors="coerce")
+    return values if converted.isna().any() else converted
+
+
+def _label_text(value) -> str:
+    if isinstance(value, (int, float, np.integer, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _label_ids(values, label_names: Sequence[str], source: str) -> list[int]:
+    """Map label values to ids in ``label_names``: by name, else (when no name is a number) as an
+    integer id. UserError naming the values that match neither."""
+    index = {name: i for i, name in enumerate(label_names)}
+    allow_ids = not any(_is_int(name) for name in label_names)
+    ids, bad = [], set()
+    for value in _numeric(values).tolist():
+        text = _label_text(value)
+        key = index.get(text)
+        if key is None and allow_ids and _is_int(text) and 0 <= int(text) < len(label_names):
+            key = int(text)
+        if key is None:
+            bad.add(text)
+        ids.append(key)
+    if bad:
+        shown = ", ".join(map(repr, sorted(bad)[:5]))
+        raise UserError(f"{source}: labels {shown} are not in the task's labels {list(label_names)} "
+                        f"(or ids 0..{len(label_names) - 1}); check --label_column and --task_name")
+    return ids
+
+
+def _normalise(frame, task: TaskSpec, label_column: Optional[str], source: str, labelled: bool):
+    """Select and rename a split's columns to sentence1 [, sentence2], label."""
+    import datasets
+
+    columns = {}
+    for i, candidates in enumerate(task.text_columns):
+        columns[f"sentence{i + 1}"] = frame[_pick_column(frame, candidates, "text", source)].astype(str).tolist()
+    if labelled:
+        label = _pick_column(frame, (label_column,) if label_column else task.label_columns, "label", source)
+        if task.is_regression:
+            values = _numeric(frame[label])
+            if values.dtype == object:
+                raise UserError(f"{source}: regression labels in column {label!r} must be numbers")
+            columns["label"] = values.astype("float32").tolist()
+        else:
+            columns["label"] = _label_ids(frame[label], task.label_names, source)
+    return datasets.Dataset.from_dict(columns)
+
+
+def _local_task_from(frame, text_columns: Optional[Sequence[str]], label_column: str, source: str) -> TaskSpec:
+    """Infer a local task's text columns and labels (or regression) from its training file."""
+    if text_columns:
+        for name in text_columns:
+            _pick_column(frame, (name,), "text", source)
+    else:
+        text_columns = next((names for names in (("sentence1", "sentence2"), ("sentence",), ("text",))
+                             if set(names) <= set(frame.columns)), None)
+        if text_columns is None:
+            raise UserError(f"{source}: cannot tell which columns hold the text (columns: "
+                            f"{', '.join(map(str, frame.columns))}); pass --text_columns NAME[,NAME2]")
+    values = _numeric(frame[_pick_column(frame, (label_column,), "label", source)])
+    if values.dtype.kind == "f":
+        return local_task(text_columns, None)
+    names = sorted({_label_text(v) for v in values.tolist()}, key=lambda v: (not _is_int(v), _sort_key(v)))
+    return local_task(text_columns, names)
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _sort_key(text: str):
+    return int(text) if _is_int(text) else text
+
+
+def load_local_files(files: Mapping[str, Optional[str]], task: Optional[TaskSpec] = None,
+                     text_columns: Optional[Sequence[str]] = None, label_column: Optional[str] = None) -> TaskData:
+    """Read local ``train``/``validation``/``test`` files (any may be None) into a TaskData.
+
+    With ``task`` (a GLUE task), its columns and labels apply and GLUE's own TSV headers
+    are understood; without it a local task is inferred from the training file
+    (``text_columns``, default sentence1+sentence2, sentence or text; ``label_column``,
+    default ``label``; float labels mean regression; class names sorted).
+    """
+    headerless = task.headerless_columns if task else None
+    frames = {split: read_table(path, headerless) for split, path in files.items() if path}
+    if task is None:
+        source = files.get("train") or files.get("validation")
+        if source is None:
+            raise UserError("a local task needs --train_file or --validation_file (to learn its columns and labels)")
+        reference = frames["train" if files.get("train") else "validation"]
+        task = _local_task_from(reference, text_columns, label_column or "label", source)
+    elif text_columns:
+        task = dataclasses.replace(task, text_columns=tuple((c,) for c in text_columns))
+    splits = {split: _normalise(frame, task, label_column, str(files[split]), labelled=split != "test")
+              for split, frame in frames.items()}
+    tag = task.tests[0][0] if task.tests else task.name
+    return TaskData(task, splits.get("train"),
+                    {"": splits["validation"]} if "validation" in splits else {},
+                    {tag: splits["test"]} if "test" in splits else {})
+
+
+def load_hub_task(task: TaskSpec, dataset_name: str = GLUE_HUB_DATASET, cache_dir: Optional[str] = None) -> TaskData:
+    """Load a GLUE task from the Hub (``datasets.load_dataset(dataset_name, task)``)."""
+    import datasets
+
+    try:
+        raw = datasets.load_dataset(dataset_name, task.name, cache_dir=cache_dir)
+    except (ConnectionError, OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot load GLUE task {task.name!r} from the Hub ({dataset_name}): {exc}. Offline, pass GLUE's files "
+            "with --train_file/--validation_file/--test_file, or use --task_name rotten_tomatoes") from None
+
+    def convert(split: str, labelled: bool):
+        ds = raw[split]
+        names = {cands[0]: f"sentence{i + 1}" for i, cands in enumerate(task.text_columns)}
+        ds = ds.select_columns([*names, *(["label"] if labelled else [])]).rename_columns(names)
+        return ds.cast_column("label", datasets.Value("float32")) if labelled and task.is_regression else ds
+
+    return TaskData(task, convert("train", True),
+                    {suffix: convert(split, True) for suffix, split in task.evals},
+                    {tag: convert(split, False) for tag, split in task.tests})
+
+
+def rotten_tomatoes_splits():
+    """The packaged Rotten Tomatoes snippets as pandas frames (train, validation): fresh/rotten only
+    (plot summaries dropped, duplicate texts dropped), split 90/10 with a fixed seed; columns
+    ``category``, ``text``, ``movie_name``."""
+    import pandas as pd
+
+    from pretraining.resources import rotten_tomatoes_csv
+
+    frame = pd.read_csv(rotten_tomatoes_csv(), usecols=["category", "text", "movie_name"])
+    frame = frame[frame["category"].isin(["fresh", "rotten"])].drop_duplicates("text").reset_index(drop=True)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(frame))
+    n_eval = int(round(len(frame) * ROTTEN_TOMATOES_VALIDATION_FRACTION))
+    return frame.iloc[order[n_eval:]], frame.iloc[order[:n_eval]]
+
+
+def load_rotten_tomatoes() -> TaskData:
+    """The packaged Rotten Tomatoes snippets: fresh=1 / rotten=0, train/validation from
+    :func:`rotten_tomatoes_splits`."""
+    task = TASKS["rotten_tomatoes"]
+    train, validation = (frame[["category", "text"]].rename(columns={"text": "sentence", "category": "label"})
+                         for frame in rotten_tomatoes_splits())
+    return TaskData(task, _normalise(train, task, "label", "rotten_tomatoes", labelled=True),
+                    {"": _normalise(validation, task, "label", "rotten_tomatoes", labelled=True)}, {})
+
+
+def subset(dataset, max_samples: Optional[int], shuffle: bool = True):
+    """At most ``max_samples`` examples: a fixed-seed random sample (sorted back into file
+    order), or the first ones when ``shuffle`` is False. Deterministic whatever --seed."""
+    if not max_samples or max_samples >= len(dataset):
+        return dataset
+    if not shuffle:
+        return dataset.select(range(max_samples))
+    picked = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(dataset))[:max_samples])
+    return dataset.select(picked.tolist())
+
+
+def tokenize_splits(data: TaskData, tokenizer, max_seq_length: int, pad_to_max_length: bool = False) -> TaskData:
+    """Tokenise every split (pairs as ``[CLS] a [SEP] b [SEP]``), truncating to ``max_seq_length``."""
+    padding = "max_length" if pad_to_max_length else False
+
+    def encode(batch):
+        texts = (batch["sentence1"],) + ((batch["sentence2"],) if "sentence2" in batch else ())
+        return tokenizer(*texts, truncation=True, max_length=max_seq_length, padding=padding)
+
+    def apply(ds):
+        drop = [c for c in ("sentence1", "sentence2") if c in ds.column_names]
+        return ds.map(encode, batched=True, remove_columns=drop, desc="tokenizing")
+
+    return data.map_splits(apply)
+
+
+# --- models ------------------------------------------------------------------------
