@@ -113,6 +113,32 @@ def raw_tokenizer_speed(jsonl: Path, sample_bytes: int = 32 << 20, repeats: int 
     return best
 
 
+def hub_path_memory(parquet: Path, cache: Path) -> dict:
+    """The ``--dataset wikipedia`` code path (``datasets`` Arrow table -> :func:`iter_dataset_texts`) over the
+    corpus loaded as a local parquet dataset with the Hub's ``text`` column: this process's RSS growth while
+    every document is iterated (bounded if nothing is materialised in Python lists)."""
+    import datasets
+    import psutil
+
+    from pretraining.data.corpus import iter_dataset_texts
+
+    def anonymous() -> int:  # RSS less the memory-mapped Arrow file pages (page cache the kernel can drop)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+        return psutil.Process().memory_info().rss
+
+    dataset = datasets.load_dataset("parquet", data_files=str(parquet), split="train", cache_dir=str(cache))
+    rss = psutil.Process().memory_info
+    before, anon_before = rss().rss, anonymous()
+    peak, anon_peak, documents = before, anon_before, 0
+    for documents, _ in enumerate(iter_dataset_texts(dataset), 1):
+        if documents % 10_000 == 0:
+            peak, anon_peak = max(peak, rss().rss), max(anon_peak, anonymous())
+    return {"documents": documents, "rss_before": before, "rss_peak": peak, "anon_before": anon_before,
+            "anon_peak": anon_peak}
+
+
 def _tree_size(folder: Path) -> int:
     total = 0
     for root, _, files in os.walk(folder):
@@ -190,6 +216,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output_dir", default=str(ROOT / "out" / "prepare_scale"))
     parser.add_argument("--keep", action="store_true", help="keep the shards (default: delete after measuring)")
+    parser.add_argument("--parts", nargs="+", default=["hub", "pipeline"], choices=["hub", "pipeline"],
+                        help="hub: iterate the corpus as a datasets Arrow table (the --dataset wikipedia path); "
+                             "pipeline: prepare_dataset.py per format")
     args = parser.parse_args(argv)
     if args.quick:
         args.gigabytes = 0.2
@@ -198,6 +227,19 @@ def main(argv=None) -> list[dict]:
     print(f"corpus: {corpus['documents']:,} documents, {corpus['text_bytes'] / GIB:.2f} GiB of text "
           f"(jsonl {corpus['jsonl_bytes'] / GIB:.2f} GiB, parquet {corpus['parquet_bytes'] / GIB:.2f} GiB), "
           f"written in {corpus['seconds']} s", flush=True)
+    if "hub" in args.parts:
+        hub = hub_path_memory(root / "corpus.parquet", root / "hf_cache")
+        grew = (hub["rss_peak"] - hub["rss_before"]) / GIB
+        anon = (hub["anon_peak"] - hub["anon_before"]) / GIB
+        print(f"hub path: {hub['documents']:,} documents iterated; RSS {hub['rss_before'] / GIB:.2f} GiB after "
+              f"loading, peak {hub['rss_peak'] / GIB:.2f} GiB (+{grew:.2f} GiB, of which anonymous memory "
+              f"+{anon:.2f} GiB; the rest is the memory-mapped Arrow file)", flush=True)
+        print(f"RESULT part=hub documents={hub['documents']} rss_before_bytes={hub['rss_before']} "
+              f"rss_peak_bytes={hub['rss_peak']} anon_before_bytes={hub['anon_before']} "
+              f"anon_peak_bytes={hub['anon_peak']}")
+        shutil.rmtree(root / "hf_cache", ignore_errors=True)
+    if "pipeline" not in args.parts:
+        return []
     raw = raw_tokenizer_speed(root / "corpus.jsonl")
     print(f"raw tokenizer: {raw:,.0f} tokens/s on one core (CPU time, best of 3 on a 32 MiB sample)", flush=True)
     rows = []
