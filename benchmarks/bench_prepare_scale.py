@@ -179,19 +179,60 @@ class Sampler(threading.Thread):
             self.done.wait(self.interval)
 
 
-def run_pipeline(source: Path, out: Path, args) -> dict:
-    """prepare_dataset.py on ``source`` into ``out`` (fresh), measured."""
-    shutil.rmtree(out, ignore_errors=True)
+def prepare_argv(source: Path, out: Path, args) -> list[str]:
+    """prepare_dataset.py with the seed's layout (shard counts / 8 with --quick)."""
     scale = 8 if args.quick else 1
-    argv = [sys.executable, str(ROOT / "prepare_dataset.py"), "--input_files", str(source), "--output_dir", str(out),
+    return [sys.executable, str(ROOT / "prepare_dataset.py"), "--input_files", str(source), "--output_dir", str(out),
             "--max_seq_length", "128", "--masking", "static", "--num_train_shards", str(256 // scale),
             "--dup_factor", "10", "--num_test_shards", str(128 // scale), "--num_workers", str(args.num_workers),
             "--seed", "42"]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
+
+def _hashes(out: Path) -> dict:
+    from pretraining.atomic import sha256_file
+
+    return {p.name: sha256_file(p) for p in sorted(out.glob("*.hdf5"))}
+
+
+def killed_and_resumed(source: Path, out: Path, args, reference: dict, kill_after: list[float]) -> list[dict]:
+    """Kill prepare_dataset.py (SIGKILL, the whole process group) after each of ``kill_after`` seconds, rerun
+    it to completion, and compare every shard's sha256 with the uninterrupted run's ``reference``."""
+    import signal
+
+    results = []
+    for seconds in kill_after:
+        shutil.rmtree(out, ignore_errors=True)
+        with open(out.with_suffix(".log"), "w") as handle:
+            process = subprocess.Popen(prepare_argv(source, out, args), stdout=handle, stderr=subprocess.STDOUT,
+                                       cwd=ROOT, env=_env(), start_new_session=True)
+            try:
+                process.wait(timeout=seconds)
+                killed = False
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                killed = True
+            started = time.monotonic()
+            code = subprocess.run(prepare_argv(source, out, args), stdout=handle, stderr=subprocess.STDOUT,
+                                  cwd=ROOT, env=_env()).returncode
+        hashes = _hashes(out) if code == 0 else {}
+        results.append({"kill_after_s": seconds, "killed": killed, "resume_s": time.monotonic() - started,
+                        "exit": code, "identical": hashes == reference and bool(hashes)})
+    return results
+
+
+def run_pipeline(source: Path, out: Path, args) -> dict:
+    """prepare_dataset.py on ``source`` into ``out`` (fresh), measured."""
+    shutil.rmtree(out, ignore_errors=True)
+    argv = prepare_argv(source, out, args)
     log = out.with_suffix(".log")
     started = time.monotonic()
     with open(log, "w") as handle:
-        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
         sampler = Sampler(process.pid, out / ".work")
         sampler.start()
         code = process.wait()
@@ -204,7 +245,8 @@ def run_pipeline(source: Path, out: Path, args) -> dict:
     counts = manifest.get("counts", {})
     tokens = sum(int(split.get("tokens", 0)) for split in counts.values())  # the corpus's, before duplication
     files = sum(1 for path in out.rglob("*") if path.is_file())
-    return {"wall_s": wall, "tokens": tokens, "main_rss": sampler.main_rss, "worker_rss": sampler.worker_rss,
+    return {"hashes": _hashes(out), "wall_s": wall, "tokens": tokens, "main_rss": sampler.main_rss,
+            "worker_rss": sampler.worker_rss,
             "work_bytes": sampler.work_bytes, "files": files, "out_bytes": _tree_size(out), "counts": counts}
 
 
@@ -216,9 +258,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output_dir", default=str(ROOT / "out" / "prepare_scale"))
     parser.add_argument("--keep", action="store_true", help="keep the shards (default: delete after measuring)")
-    parser.add_argument("--parts", nargs="+", default=["hub", "pipeline"], choices=["hub", "pipeline"],
+    parser.add_argument("--parts", nargs="+", default=["hub", "pipeline"], choices=["hub", "pipeline", "resume"],
                         help="hub: iterate the corpus as a datasets Arrow table (the --dataset wikipedia path); "
-                             "pipeline: prepare_dataset.py per format")
+                             "pipeline: prepare_dataset.py per format; resume (with pipeline): jsonl killed at "
+                             "--kill_after seconds and rerun, compared byte for byte")
+    parser.add_argument("--kill_after", nargs="+", type=float, default=[20.0, 45.0, 70.0],
+                        help="seconds after launch to SIGKILL the preparation (the resume part)")
     args = parser.parse_args(argv)
     if args.quick:
         args.gigabytes = 0.2
@@ -256,6 +301,14 @@ def main(argv=None) -> list[dict]:
               f"{per_core:,.0f} | {per_core / raw:.2f} | {result['main_rss'] / GIB:.2f} GiB | "
               f"{result['worker_rss'] / GIB:.2f} GiB | {result['work_bytes'] / GIB:.2f} GiB | {result['files']} |",
               flush=True)
+        if fmt == "jsonl" and "resume" in args.parts:
+            for r in killed_and_resumed(root / "corpus.jsonl", root / "shards-resume", args, result["hashes"],
+                                        args.kill_after):
+                print(f"killed after {r['kill_after_s']:g} s (killed: {r['killed']}), resumed in {r['resume_s']:.0f} s:"
+                      f" {'byte-identical' if r['identical'] else 'DIFFERENT'} (exit {r['exit']})", flush=True)
+                print(f"RESULT part=resume kill_after_s={r['kill_after_s']:g} killed={r['killed']} "
+                      f"identical={r['identical']} resume_s={r['resume_s']:.1f}")
+            shutil.rmtree(root / "shards-resume", ignore_errors=True)
         if not args.keep:
             shutil.rmtree(root / f"shards-{fmt}", ignore_errors=True)
     for row in rows:
