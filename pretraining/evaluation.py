@@ -18,13 +18,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pretraining.data import unigram
+from pretraining.data.collator import IGNORE_INDEX
 
 #: train shards read to estimate the unigram model when the dataset has no token_counts.json
 ESTIMATE_SHARDS = 4
-IGNORE_INDEX = -100
 
 
 def masked_predictions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +52,8 @@ class MaskedLMSums:
         logits, targets = masked_predictions(output.prediction_logits, labels)
         count = int(targets.numel())
         self.loss += float(output.loss) * count  # weight by predictions: the mean over all of them
-        self.mlm_loss += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+        if count:  # the model's own mean over the masked tokens (NaN for a batch with none)
+            self.mlm_loss += float(output.masked_lm_loss) * count
         self.correct += int((logits.argmax(dim=-1) == targets).sum())
         self.count += count
         if unigram_log_probs is not None:

@@ -139,6 +139,39 @@ def test_validation_logs_mlm_accuracy_and_the_unigram_baseline(pretrain_flags, t
     assert start["eval_unigram_loss"] == pytest.approx(last["eval_unigram_loss"])
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_validation_sums_match_a_direct_computation_with_nsp(sparse):
+    """eval_loss (MLM + NSP), eval_mlm_loss and accuracy over two batches equal the masked tokens' own figures."""
+    import torch.nn.functional as F
+
+    from pretraining.evaluation import MaskedLMSums
+    from pretraining.modeling import BertConfig, BertForPreTraining
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=64, max_position_embeddings=16,
+                                          sparse_mask_prediction=sparse)).eval()
+    sums, logits_all, targets_all, weighted = MaskedLMSums(), [], [], 0.0
+    for masked in (3, 7):
+        ids = torch.randint(5, 50, (2, 8))
+        labels = torch.full_like(ids, -100)
+        labels.view(-1)[torch.randperm(16)[:masked]] = ids.view(-1)[:masked]
+        with torch.no_grad():
+            output = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids),
+                           labels=labels, next_sentence_label=torch.tensor([0, 1]))
+            dense = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
+        sums.add(output, labels, None)
+        keep = labels != -100
+        logits_all.append(dense.prediction_logits[keep])
+        targets_all.append(labels[keep])
+        weighted += float(output.loss) * masked
+    metrics = MaskedLMSums.metrics(sums.values(), nsp=True)
+    logits, targets = torch.cat(logits_all), torch.cat(targets_all)
+    assert metrics["eval_mlm_loss"] == pytest.approx(float(F.cross_entropy(logits, targets)), rel=1e-5)
+    assert metrics["eval_mlm_accuracy"] == pytest.approx(float((logits.argmax(-1) == targets).float().mean()))
+    assert metrics["eval_loss"] == pytest.approx(weighted / 10) and metrics["eval_loss"] > metrics["eval_mlm_loss"]
+
+
 def test_max_steps_0_exports_the_initial_weights_as_the_control(pretrain_flags):
     from pretraining.modeling import BertForPreTraining
 
