@@ -124,13 +124,7 @@ def detect_layout(name_or_path) -> Optional[str]:
     folder = Path(str(name_or_path)).expanduser()
     if not (folder / "config.json").is_file():
         return None
-    config = _read_config(folder)
-    model_type = config.get("model_type")
-    if model_type in STOCK_PREFIX:
-        return model_type
-    if ACADEMIC_MARKER in config and "encoder_ln_mode" in config:
-        return ACADEMIC
-    return model_type if model_type in NATIVE else None
+    return layout_of_config(_read_config(folder))
 
 
 def config_from_layout(config: dict, layout: str) -> dict:
@@ -187,7 +181,7 @@ def state_from_layout(state: dict, layout: str, config: dict, our_keys) -> tuple
 FAST_PATH = ("sparse_mask_prediction", "unpad_inputs", "unpadded_attention", "fused_qkv")
 
 
-def stock_config(our_config, layout: str, num_labels: Optional[int] = None) -> dict:
+def stock_config(our_config, layout: str) -> dict:
     """config.json of a stock layout for our (pre-LN) ``our_config``."""
     shift = position_shift(our_config.to_dict())
     keep = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

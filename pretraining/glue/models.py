@@ -82,7 +82,7 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
     if model_type in _classifier_classes():  # every encoder weight must load: only a new head may start fresh
         from pretraining.convert import check_loading
 
-        check_loading(missing, sorted(info.get("unexpected_keys", [])), model_name_or_path)
+        check_loading(missing, info.get("unexpected_keys", []), model_name_or_path)
     return model, missing
 
 
