@@ -16,16 +16,20 @@ Rerunning a killed command resumes it. See ``--help`` for every flag.
 
 from __future__ import annotations
 
+import sys
+
 from pretraining.cli import parse_args
-from pretraining.data.prepare import PrepareArguments, prepare
+from pretraining.data.prepare import PrepareArguments, apply_defaults, prepare
 from pretraining.errors import run_main
 
 
 @run_main
 def main(argv=None):
-    """Parse the flags and run the pipeline; returns the manifest (dict)."""
+    """Parse the flags and run the pipeline; returns the manifest (dict). With no arguments at all (the seed's
+    README command) the corpus is the seed's Simple English Wikipedia when the Hub can be reached."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args([PrepareArguments], argv)
-    return prepare(args).manifest
+    return prepare(apply_defaults(args, seed_default=not argv)).manifest
 
 
 if __name__ == "__main__":

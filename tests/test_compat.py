@@ -109,7 +109,7 @@ def test_prepare_with_no_arguments_uses_defaults_offline(tmp_path, monkeypatch, 
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    args = apply_defaults(PrepareArguments())
+    args = apply_defaults(PrepareArguments(), seed_default=True)
     assert args.dataset == ["wikipedia-offline"] and args.output_dir == str(Path("data") / "wikipedia-offline")
     err = capsys.readouterr().err
     assert "the packaged Wikipedia lead sections" in err and "writing to data/wikipedia-offline" in err

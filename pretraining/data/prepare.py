@@ -198,18 +198,13 @@ def _progress(iterable, **kwargs):
 def _settings(args: PrepareArguments, tokenizer: Optional[TokenizerInfo], files: list[Path]) -> dict:
     """What the output depends on; without ``tokenizer``, all but :data:`TOKENIZER_SETTINGS`."""
     settings = {k: v for k, v in asdict(args).items() if k not in RUNTIME_ONLY + TOKENIZER_SETTINGS}
-    names = _dataset_names(args, files)
+    names = list(args.dataset or [])
     settings["dataset"] = (names[0] if len(names) == 1 else names) if names else None  # one name stays a string
     settings["input_files"] = [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in files]
     if tokenizer is not None:
         settings["tokenizer_sha256"] = tokenizer.sha256
         settings["do_lower_case"] = tokenizer.do_lower_case
     return settings
-
-
-def _dataset_names(args: PrepareArguments, files: list[Path]) -> list[str]:
-    """The named corpora to read: --dataset, else wikipedia-offline when no --input_files are given."""
-    return list(args.dataset or ([] if files else ["wikipedia-offline"]))
 
 
 def _our_files(out: Path) -> list[Path]:
@@ -292,7 +287,7 @@ def docs_per_chunk(max_documents: Optional[int]) -> int:
 
 def _documents(args: PrepareArguments, files: list[Path]) -> Iterator:
     """The corpus's non-empty documents in order (the first --max_documents of them)."""
-    documents = corpus.iter_documents(_dataset_names(args, files), [str(f) for f in files],
+    documents = corpus.iter_documents(list(args.dataset or []), [str(f) for f in files],
                                       args.dataset_config, args.cache_dir)
     documents = (d for d in documents if d[0] and not d[0].isspace())
     if args.max_documents is not None:
@@ -322,7 +317,7 @@ def _tokenizer_source(args: PrepareArguments, files: list[Path], out: Path) -> O
     """--tokenizer_name, or the folder of the tokenizer trained on this corpus (--train_tokenizer)."""
     if not args.train_tokenizer:
         return args.tokenizer_name
-    source = {"dataset": _dataset_names(args, files), "dataset_config": args.dataset_config,
+    source = {"dataset": list(args.dataset or []), "dataset_config": args.dataset_config,
               "input_files": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in files],
               "max_documents": args.max_documents, "frac_test": args.frac_test, "seed": args.seed,
               "max_train_documents": args.train_tokenizer_max_documents}
@@ -389,7 +384,7 @@ def _tokenize_corpus(args: PrepareArguments, files: list[Path], tokenizer: Token
             unknown.add(n_tokens, n_unknown)
     unknown.check(final=True)
     if counts["chunks"] == 0:
-        source = ", ".join([*_dataset_names(args, files), *map(str, files)])
+        source = ", ".join([*(args.dataset or []), *map(str, files)])
         raise UserError(f"no documents found in {source}; check the input is not empty")
     write_json_atomic(marker, counts)
     return counts
@@ -495,21 +490,21 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def apply_defaults(args: PrepareArguments) -> PrepareArguments:
-    """The seed's ``python prepare_dataset.py`` with no arguments: a default corpus into a default folder.
+def apply_defaults(args: PrepareArguments, seed_default: bool = False) -> PrepareArguments:
+    """A default corpus and a default folder, both printed.
 
-    No --dataset and no --input_files: the seed's Simple English Wikipedia from the Hub when it can
-    be reached, else the packaged Wikipedia lead sections; no --output_dir: ``data/<corpus>``. Both
-    choices are printed.
+    No --dataset and no --input_files: the packaged Wikipedia lead sections; with ``seed_default``
+    (the seed's ``python prepare_dataset.py`` with no arguments at all) the seed's Simple English
+    Wikipedia from the Hub instead, when it can be reached. No --output_dir: ``data/<corpus>``.
     """
     if not args.dataset and not args.input_files:
-        online = _hub_reachable()
+        online = seed_default and _hub_reachable()
         args.dataset = [ONLINE_DEFAULT[0] if online else "wikipedia-offline"]
         if online and args.dataset_config is None:
             args.dataset_config = ONLINE_DEFAULT[1]
         _log(f"no --dataset or --input_files: preparing {args.dataset[0]}"
-             + (f" ({args.dataset_config}, the seed's corpus)" if online else " (the Hub is not reachable: the "
-                "packaged Wikipedia lead sections)"))
+             + (f" ({args.dataset_config}, the seed's corpus)" if online else
+                (" (the Hub is not reachable: " if seed_default else " (") + "the packaged Wikipedia lead sections)"))
     if args.output_dir is None:
         name = "-".join(args.dataset or []) or "input_files"
         args.output_dir = str(Path("data") / (f"{name}-{args.dataset_config}" if args.dataset_config else name))
