@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pretraining.atomic import write_guard
+from pretraining.atomic import swap_folder, write_guard
 from pretraining.errors import UserError
 
 TOKENIZER_DIR = "tokenizer"
@@ -170,8 +170,6 @@ def trained_tokenizer(out: Path, settings: dict, texts: Iterator[str], overwrite
         if not overwrite:
             raise UserError(f"{folder} holds a tokenizer trained with other settings; use another --output_dir, or "
                             "--overwrite to replace it (and the dataset made with it)")
-    if folder.exists():
-        shutil.rmtree(folder)
     log(f"training a WordPiece vocabulary of {settings['vocab_size']:,} tokens on the train documents")
     tokenizer = train_wordpiece(texts, settings["vocab_size"], settings["lowercase"])
     if len(tokenizer) <= len(SPECIAL_TOKENS):
@@ -182,6 +180,6 @@ def trained_tokenizer(out: Path, settings: dict, texts: Iterator[str], overwrite
     with write_guard(folder, tmp):
         tokenizer.save_pretrained(str(tmp))
         (tmp / TRAINING_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
-    tmp.replace(folder)
+    swap_folder(tmp, folder, folder.with_name(f".old-{TOKENIZER_DIR}"))  # the old folder goes once the new is whole
     log(f"tokenizer: {len(tokenizer):,} tokens in {folder}")
     return folder
