@@ -33,12 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pretraining.demo import OPTIMIZER_FLAGS, RECIPE_FLAGS  # noqa: E402
+
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", "DS_ACCELERATOR": "cpu"}
 SMALL = ["--hidden_size", "128", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--intermediate_size", "512"]
-#: the demo's pretraining recipe (pretraining/demo.py RECIPE_FLAGS, AdamW's LR, masking 0.3)
-DEMO = ["--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0", "--initializer_range", "0.05",
-        "--masked_lm_prob", "0.3", "--lr", "5e-3", "--train_batch_size", "64", "--train_micro_batch_size_per_gpu", "64"]
+#: the demo's pretraining recipe: its RECIPE_FLAGS, AdamW's LR, masking 0.3, batch 64 (a step schedule replaces
+#: its time schedule in _pretrain: later flags win)
+DEMO = [*RECIPE_FLAGS, *OPTIMIZER_FLAGS["adamw"], "--masked_lm_prob", "0.3", "--train_batch_size", "64",
+        "--train_micro_batch_size_per_gpu", "64"]
 #: the demo's recipe before this ablation
 SEED_RECIPE = ["--lr", "1e-3", "--train_batch_size", "32", "--train_micro_batch_size_per_gpu", "32"]
 
