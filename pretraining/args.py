@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from pretraining.cli import ArgumentChecker
+from pretraining.data.loader import LOADER_TYPES
 from pretraining.errors import UserError
+from pretraining.layers import LN_MODES, NORM_TYPES, UNPADDED_ATTENTION
+from pretraining.schedules import CURVE_NAMES, SCHEDULES
 
 
 @dataclass
@@ -64,12 +67,12 @@ class ModelArguments:
     encoder_ln_mode: str = field(
         default="pre-ln",
         metadata={"help": "LayerNorm position: pre-ln (stable at high LR) or post-ln (original BERT; loads in "
-                          "transformers' BertForPreTraining)", "choices": ["pre-ln", "post-ln"]},
+                          "transformers' BertForPreTraining)", "choices": list(LN_MODES)},
     )
     layer_norm_type: str = field(
         default="pytorch",
         metadata={"help": "pytorch (fused torch LayerNorm), rms_norm, or apex (alias of pytorch, with a notice)",
-                  "choices": ["pytorch", "apex", "rms_norm"]},
+                  "choices": list(NORM_TYPES)},
     )
     layernorm_embedding: Optional[bool] = field(
         default=None,
@@ -88,7 +91,7 @@ class ModelArguments:
         default="repad",
         metadata={"help": "Attention over unpadded sequences: repad (masked SDPA on re-padded q/k/v; any device), "
                           "nested (SDPA on jagged nested tensors; GPU), varlen (CUDA flash varlen; needs "
-                          "--attention_probs_dropout_prob 0)", "choices": ["repad", "nested", "varlen"]},
+                          "--attention_probs_dropout_prob 0)", "choices": list(UNPADDED_ATTENTION)},
     )
     fused_qkv: bool = field(
         default=False, metadata={"help": "One matmul for the query/key/value projections (same parameters)"}
@@ -100,18 +103,10 @@ class ModelArguments:
     )
 
     def validate(self, check: ArgumentChecker) -> None:
-        check.require(self.hidden_size > 0 and self.num_hidden_layers > 0, "--hidden_size and --num_hidden_layers must be > 0")
-        check.require(
-            self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0,
-            f"--hidden_size ({self.hidden_size}) must be divisible by --num_attention_heads ({self.num_attention_heads})",
-        )
-        check.require(self.vocab_size is None or self.vocab_size > 0, "--vocab_size must be > 0")
-        check.require(self.vocab_pad_multiple >= 1, "--vocab_pad_multiple must be >= 1")
-        check.require(0 <= self.hidden_dropout_prob < 1 and 0 <= self.attention_probs_dropout_prob < 1,
-                      "dropout probabilities must be in [0, 1)")
-        from transformers.activations import ACT2FN
+        from pretraining.modeling import config_problems
 
-        check.choice("--hidden_act", self.hidden_act, sorted(ACT2FN))
+        check.require(self.vocab_size is None or self.vocab_size > 0, "--vocab_size must be > 0")
+        check.extend(config_problems(self, flag="--"))
 
 
 @dataclass
@@ -148,13 +143,13 @@ class OptimizerArguments:
         self.optimizer_type = str(self.optimizer_type).lower()
 
     def validate(self, check: ArgumentChecker) -> None:
-        from pretraining.optimizers import OPTIMIZERS
+        from pretraining.optimizers import OPTIMIZERS, lamb_coefficients_problem
 
         check.choice("--optimizer_type", self.optimizer_type, sorted(OPTIMIZERS))
         check.require(self.lr > 0, f"--lr must be > 0 (got {self.lr})")
         check.require(self.weight_decay >= 0, f"--weight_decay must be >= 0 (got {self.weight_decay})")
         check.require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "--adam_beta1/--adam_beta2 must be in [0, 1)")
-        check.require(0 < self.min_coeff <= self.max_coeff, "LAMB needs 0 < --min_coeff <= --max_coeff")
+        check.add(lamb_coefficients_problem(self.min_coeff, self.max_coeff))
         if self.optimizer_type == "customized":
             from pretraining.custom_curves import optimizer_spec
 
@@ -175,11 +170,11 @@ class SchedulerArguments:
         metadata={"help": "time: LR follows elapsed training time / --total_training_time; step: follows "
                           "optimizer steps / --max_steps (required); constant_step: warmup over --num_warmup_steps, "
                           "then constant",
-                  "choices": ["time", "step", "constant_step"]},
+                  "choices": list(SCHEDULES)},
     )
     curve: str = field(default="linear", metadata={"help": "Decay after warmup: linear (to 0), exp, or customized "
                                                           "(the seed's curves from --curve_conf_file)",
-                                                  "choices": ["linear", "exp", "customized"]})
+                                                  "choices": list(CURVE_NAMES)})
     curve_conf_file: Optional[str] = field(
         default=None, metadata={"help": "--curve customized: the seed's INI file ([general] type = cosine_decay, "
                                         "step_decay, inverse_time_decay, elastic_step_decay, ...; [hyperparams])"})
@@ -202,6 +197,8 @@ class SchedulerArguments:
         return self.total_training_time * 3600.0
 
     def validate(self, check: ArgumentChecker) -> None:
+        check.choice("--lr_schedule", self.lr_schedule, SCHEDULES)
+        check.choice("--curve", self.curve, CURVE_NAMES)
         check.require(0 <= self.warmup_proportion < 1, "--warmup_proportion must be in [0, 1)")
         check.require(self.total_training_time > 0, "--total_training_time must be > 0 hours")
         check.require(0 < self.decay_rate <= 1, "--decay_rate must be in (0, 1]")
@@ -239,7 +236,7 @@ class DatasetArguments:
         default="per_device",
         metadata={"help": "per_device: each rank reads its own shard per epoch; dist: all ranks split one shard. "
                           "Either way every rank runs the same number of steps and every shard is used before any "
-                          "is repeated", "choices": ["per_device", "dist"]},
+                          "is repeated", "choices": list(LOADER_TYPES)},
     )
     async_worker: bool = field(
         default=True, metadata={"help": "Read the next epoch's shard in a background thread while training"}
@@ -255,6 +252,7 @@ class DatasetArguments:
     masked_lm_prob: float = field(default=0.15, metadata={"help": "Dynamic masking: share of tokens masked"})
 
     def validate(self, check: ArgumentChecker) -> None:
+        check.choice("--data_loader_type", self.data_loader_type, LOADER_TYPES)
         check.require(bool(self.dataset_path), "--dataset_path is required (a folder made by prepare_dataset.py)")
         check.require(self.max_predictions_per_seq > 0, "--max_predictions_per_seq must be > 0")
         check.require(0 < self.masked_lm_prob < 1, "--masked_lm_prob must be in (0, 1)")

@@ -33,6 +33,15 @@ class ArgumentChecker:
         if not ok:
             self.errors.append(message)
 
+    def add(self, problem: str | None) -> None:
+        """Add one problem (None: no problem), as the rule's owner reported it."""
+        if problem:
+            self.errors.append(problem)
+
+    def extend(self, problems: Iterable[str]) -> None:
+        """Add problems found by a rule's owner (e.g. :func:`pretraining.modeling.config_problems`)."""
+        self.errors.extend(problems)
+
     def choice(self, flag: str, value: Any, valid: Iterable[Any]) -> None:
         valid = list(valid)
         if value not in valid:

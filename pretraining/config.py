@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from pretraining.args import (DatasetArguments, EngineArguments, ModelArguments, OptimizerArguments,
                               PretrainingArguments, SchedulerArguments)
 from pretraining.cli import ArgumentChecker, asdict, parse_args
@@ -60,6 +58,8 @@ def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, li
     Returns the gradient accumulation steps and the notices for no-op flags.
     """
     from pretraining.engine import check_precision_supported
+    from pretraining.optimizers import fused_lamb_problem
+    from pretraining.schedules import step_warmup
 
     if config.run.add_nsp:
         config.model.model_type = "bert-mlm-nsp"
@@ -75,14 +75,15 @@ def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, li
     check.require(run.gradient_accumulation_steps in (None, accum),
                   f"--gradient_accumulation_steps {run.gradient_accumulation_steps} disagrees with --train_batch_size / "
                   f"(micro batch x ranks) = {accum}: drop it (it is derived)")
-    check.require(config.scheduler.lr_schedule != "step" or run.max_steps is not None,
-                  "--lr_schedule step needs --max_steps (the schedule's total); or use --lr_schedule time")
-    problem = check_precision_supported(config.engine.precision)
-    check.require(problem is None, problem or "")
-    check.require(not (config.engine.fused_optimizer and config.optimizer.optimizer_type == "lamb")
-                  or torch.cuda.is_available(),
-                  "--fused_optimizer with lamb is DeepSpeed's FusedLamb, which needs a CUDA GPU: drop "
-                  "--fused_optimizer (the torch LAMB computes the same update)")
+    if config.scheduler.lr_schedule == "step":
+        check.require(bool(run.max_steps), "--lr_schedule step needs --max_steps (the schedule's total, > 0); or use "
+                                           "--lr_schedule time with --total_training_time")
+        warmup = step_warmup(config.scheduler, run.max_steps or 0)
+        check.require(not run.max_steps or warmup < run.max_steps,
+                      f"the warmup ({warmup:g} steps) must be shorter than --max_steps ({run.max_steps}): lower "
+                      "--warmup_proportion or --num_warmup_steps")
+    check.add(check_precision_supported(config.engine.precision))
+    check.add(fused_lamb_problem(config.optimizer.optimizer_type, config.engine.fused_optimizer))
     check.raise_if_any()
     notices = [n for group in (config.data, config.engine, config.run) for n in group.notices()]
     return max(accum, 1), notices

@@ -39,24 +39,25 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.activations import ACT2FN
 
 from pretraining.errors import UserError
 
 NORMS = {"pytorch": nn.LayerNorm, "rms_norm": nn.RMSNorm}
+#: --layer_norm_type values (apex: an alias of pytorch)
+NORM_TYPES = (*NORMS, "apex")
+#: --encoder_ln_mode values: LayerNorm before each sublayer (pre-ln) or after its residual sum (post-ln, BERT's)
+LN_MODES = ("pre-ln", "post-ln")
 
 
 def make_norm(config) -> nn.Module:
-    """The configured normalisation over ``hidden_size`` (``--layer_norm_type``)."""
-    if config.layer_norm_type not in NORMS:
-        raise UserError(f"layer_norm_type {config.layer_norm_type!r} is not one of: {', '.join(NORMS)}")
+    """The configured normalisation over ``hidden_size`` (``--layer_norm_type``; the config checked the name)."""
     return NORMS[config.layer_norm_type](config.hidden_size, eps=config.layer_norm_eps)
 
 
 def make_activation(name: str):
-    """Activation function by Hugging Face name (gelu, relu, gelu_new, silu, ...)."""
-    if name not in ACT2FN:
-        raise UserError(f"--hidden_act {name!r} is not one of: {', '.join(sorted(ACT2FN))}")
+    """Activation function by Hugging Face name (gelu, relu, gelu_new, silu, ...; the config checked the name)."""
+    from transformers.activations import ACT2FN
+
     return ACT2FN[name]
 
 
@@ -172,9 +173,6 @@ def _nested_attention(layout: UnpaddedLayout, q, k, v, num_heads: int, dropout_p
 
 def _varlen_attention(layout: UnpaddedLayout, q, k, v, num_heads: int, dropout_p: float) -> torch.Tensor:
     """``torch.nn.attention.varlen.varlen_attn`` (CUDA flash varlen kernel; no attention dropout)."""
-    if dropout_p:
-        raise UserError("--unpadded_attention varlen has no attention dropout: set --attention_probs_dropout_prob 0 "
-                        "or use --unpadded_attention nested")
     if not q.is_cuda:
         raise UserError("--unpadded_attention varlen needs a CUDA GPU: use --unpadded_attention repad on the CPU")
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -251,10 +249,6 @@ class BertSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        if config.hidden_size % config.num_attention_heads:
-            raise UserError(
-                f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads ({config.num_attention_heads})"
-            )
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.query = nn.Linear(config.hidden_size, config.hidden_size)

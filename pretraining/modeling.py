@@ -45,7 +45,8 @@ from transformers.utils import ModelOutput
 
 from pretraining.errors import UserError
 from pretraining.layers import (
-    NORMS,
+    LN_MODES,
+    NORM_TYPES,
     UNPADDED_ATTENTION,
     BertEmbeddings,
     BertEncoder,
@@ -63,10 +64,47 @@ logger = logging.getLogger(__name__)
 #: another network. (Exports of GELU/LayerNorm pre-ln models use stock layouts instead:
 #: :mod:`pretraining.convert`.)
 PRE_LN_MODEL_TYPE = "bert_pre_ln"
-LN_MODES = ("pre-ln", "post-ln")
 #: State-dict keys with one row per vocabulary entry (padded inside, unpadded in exports).
 VOCAB_KEY_SUFFIXES = ("word_embeddings.weight", "cls.predictions.bias", "cls.predictions.decoder.weight",
                       "cls.predictions.decoder.bias")
+
+
+def config_problems(config, flag: str = "") -> list[str]:
+    """What is wrong with a model configuration: a :class:`BertConfig` or run_pretraining.py's
+    :class:`~pretraining.args.ModelArguments` (same field names; ``flag="--"`` names them as flags).
+
+    The one place these rules live: the config refuses itself with them, the flags are checked
+    with them before anything is built, and the layers trust them.
+    """
+    from transformers.activations import ACT2FN
+
+    def name(field: str) -> str:
+        return f"{flag}{field}"
+
+    problems = []
+    if not (config.hidden_size > 0 and config.num_hidden_layers > 0):
+        problems.append(f"{name('hidden_size')} and {name('num_hidden_layers')} must be > 0")
+    elif not (config.num_attention_heads > 0 and config.hidden_size % config.num_attention_heads == 0):
+        problems.append(f"{name('hidden_size')} ({config.hidden_size}) must be divisible by "
+                        f"{name('num_attention_heads')} ({config.num_attention_heads})")
+    if isinstance(config.hidden_act, str) and config.hidden_act not in ACT2FN:
+        problems.append(f"{name('hidden_act')} {config.hidden_act!r} is not one of: {', '.join(sorted(ACT2FN))}")
+    if not (0 <= config.hidden_dropout_prob < 1 and 0 <= config.attention_probs_dropout_prob < 1):
+        problems.append(f"dropout probabilities ({name('hidden_dropout_prob')}, {name('attention_probs_dropout_prob')}) "
+                        "must be in [0, 1)")
+    if config.encoder_ln_mode not in LN_MODES:
+        problems.append(f"{name('encoder_ln_mode')} {config.encoder_ln_mode!r} is not one of: {', '.join(LN_MODES)}")
+    if config.layer_norm_type not in NORM_TYPES:
+        problems.append(f"{name('layer_norm_type')} {config.layer_norm_type!r} is not one of: {', '.join(NORM_TYPES)}")
+    if not isinstance(config.vocab_pad_multiple, int) or config.vocab_pad_multiple < 1:
+        problems.append(f"{name('vocab_pad_multiple')} must be an integer >= 1 (got {config.vocab_pad_multiple!r})")
+    if config.unpadded_attention not in UNPADDED_ATTENTION:
+        problems.append(f"{name('unpadded_attention')} {config.unpadded_attention!r} is not one of: "
+                        f"{', '.join(UNPADDED_ATTENTION)}")
+    elif config.unpad_inputs and config.unpadded_attention == "varlen" and config.attention_probs_dropout_prob:
+        problems.append(f"{name('unpadded_attention')} 'varlen' has no attention dropout: set "
+                        f"{name('attention_probs_dropout_prob')} 0 or use {name('unpadded_attention')} 'nested'")
+    return problems
 
 
 class BertConfig(transformers.BertConfig):
@@ -92,18 +130,7 @@ class BertConfig(transformers.BertConfig):
         if self.layer_norm_type == "apex":
             logger.warning("notice: layer_norm_type 'apex' is an alias of 'pytorch' (torch's fused LayerNorm); NVIDIA apex is not used")
             self.layer_norm_type = "pytorch"
-        problems = []
-        if self.encoder_ln_mode not in LN_MODES:
-            problems.append(f"encoder_ln_mode {self.encoder_ln_mode!r} is not one of: {', '.join(LN_MODES)}")
-        if self.layer_norm_type not in NORMS:
-            problems.append(f"layer_norm_type {self.layer_norm_type!r} is not one of: apex, {', '.join(NORMS)}")
-        if not isinstance(self.vocab_pad_multiple, int) or self.vocab_pad_multiple < 1:
-            problems.append(f"vocab_pad_multiple must be an integer >= 1 (got {self.vocab_pad_multiple!r})")
-        if self.unpadded_attention not in UNPADDED_ATTENTION:
-            problems.append(f"unpadded_attention {self.unpadded_attention!r} is not one of: {', '.join(UNPADDED_ATTENTION)}")
-        elif self.unpad_inputs and self.unpadded_attention == "varlen" and self.attention_probs_dropout_prob:
-            problems.append("unpadded_attention 'varlen' has no attention dropout: set attention_probs_dropout_prob "
-                            "to 0 or use unpadded_attention 'nested'")
+        problems = config_problems(self)
         if problems:
             raise UserError("invalid model config: " + "; ".join(problems))
         super().__post_init__(**kwargs)

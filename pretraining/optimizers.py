@@ -38,6 +38,22 @@ from pretraining.errors import UserError
 NO_DECAY_MODULES = (nn.LayerNorm, nn.RMSNorm)
 
 
+def lamb_coefficients_problem(min_coeff: float, max_coeff: float) -> str | None:
+    """What is wrong with LAMB's trust-ratio clip (``--min_coeff``, ``--max_coeff``), or None."""
+    if 0.0 <= min_coeff <= max_coeff:
+        return None
+    return f"LAMB needs 0 <= --min_coeff <= --max_coeff (got {min_coeff}, {max_coeff})"
+
+
+def fused_lamb_problem(optimizer_type: str, use_fused: bool | None) -> str | None:
+    """``--fused_optimizer true`` with lamb is DeepSpeed's FusedLamb, a CUDA kernel: the problem on a machine
+    without a GPU, else None."""
+    if use_fused and optimizer_type == "lamb" and not torch.cuda.is_available():
+        return ("--fused_optimizer with lamb is DeepSpeed's FusedLamb, which needs a CUDA GPU: drop "
+                "--fused_optimizer (the torch LAMB computes the same update)")
+    return None
+
+
 class Lamb(torch.optim.Optimizer):
     """LAMB with the exact update of DeepSpeed's FusedLamb (academic-budget-bert's optimizer).
 
@@ -59,8 +75,9 @@ class Lamb(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, bias_correction: bool = True, max_coeff: float = 10.0,
                  min_coeff: float = 0.01):
-        if not 0.0 <= min_coeff <= max_coeff:
-            raise UserError(f"LAMB needs 0 <= min_coeff <= max_coeff (got {min_coeff}, {max_coeff})")
+        problem = lamb_coefficients_problem(min_coeff, max_coeff)
+        if problem:
+            raise UserError(problem)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
                         max_coeff=max_coeff, min_coeff=min_coeff)
         super().__init__(params, defaults)
@@ -168,9 +185,6 @@ def _lamb(groups, args, use_fused):
 
 
 def _deepspeed_fused_lamb(groups, kwargs):
-    if _device_types(groups) != {"cuda"}:
-        raise UserError("fused LAMB (DeepSpeed FusedLamb) runs only on a GPU; leave use_fused unset to use the "
-                        "equivalent torch implementation")
     from deepspeed.ops.lamb import FusedLamb
 
     return FusedLamb(groups, **kwargs)
@@ -214,12 +228,10 @@ OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw, "lamb": _lamb
 def build_optimizer(model: nn.Module, args, use_fused: bool | None = None) -> torch.optim.Optimizer:
     """The ``args.optimizer_type`` optimizer over ``model``'s trainable parameters.
 
-    ``args`` is an :class:`~pretraining.args.OptimizerArguments`. Unknown names raise a
-    UserError listing the valid ones.
+    ``args`` is an :class:`~pretraining.args.OptimizerArguments` (its ``validate`` checked the name and the
+    coefficients; :func:`fused_lamb_problem` the fused kernel).
     """
     name = str(args.optimizer_type).lower()
-    if name not in OPTIMIZERS:
-        raise UserError(f"--optimizer_type {args.optimizer_type!r} is not one of: {', '.join(sorted(OPTIMIZERS))}")
     groups = parameter_groups(model, args.weight_decay)
     if not groups:
         raise UserError("the model has no trainable parameters (all have requires_grad=False)")

@@ -38,11 +38,10 @@ elapsed seconds), so a resumed run continues the same curve.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from pretraining.errors import UserError
+if TYPE_CHECKING:
+    import torch
 
 
 def warmup_fraction(position: float, warmup: float) -> float:
@@ -75,6 +74,8 @@ CURVES: dict[str, Curve] = {
 
 
 CUSTOMIZED = "customized"
+#: --curve values
+CURVE_NAMES = (*CURVES, CUSTOMIZED)
 
 
 def customized_curve(conf_file: str, base_lr: float, unit: float) -> Curve:
@@ -91,10 +92,7 @@ def lr_multiplier(position: float, total: float | None, warmup: float, curve: st
                   decay_rate: float = 0.99, decay_step: float = 1000.0) -> float:
     """Warmup then decay along ``curve`` (a name of :data:`CURVES`, or a :class:`Curve`), in [0, 1];
     ``total=None`` means constant after warmup."""
-    if not isinstance(curve, Curve):
-        if curve not in CURVES:
-            raise UserError(f"--curve {curve!r} is not one of: {', '.join([*CURVES, CUSTOMIZED])}")
-        curve = CURVES[curve]
+    curve = curve if isinstance(curve, Curve) else CURVES[curve]
     if position < warmup:
         return curve.warmup(warmup_fraction(position, warmup))
     if total is None:
@@ -130,12 +128,6 @@ def _time_schedule(args, total_steps, curve):
 
 
 def _step_schedule(args, total_steps, curve):
-    if total_steps is None or total_steps <= 0:
-        raise UserError("--lr_schedule step needs the total number of optimizer steps: set --max_steps "
-                        "(or use --lr_schedule time with --total_training_time)")
-    if step_warmup(args, total_steps) >= total_steps:
-        raise UserError(f"the warmup ({step_warmup(args, total_steps):g} steps) must be shorter than --max_steps "
-                        f"({total_steps}): lower --warmup_proportion or --num_warmup_steps")
     return lambda step, elapsed: step_multiplier(step, total_steps, args, curve)
 
 
@@ -201,10 +193,10 @@ class LRScheduler:
 def build_scheduler(optimizer: torch.optim.Optimizer, args, total_steps: int | None = None) -> LRScheduler:
     """The scheduler described by ``args`` (a :class:`~pretraining.args.SchedulerArguments`).
 
-    ``total_steps`` (from ``--max_steps``) is required by ``--lr_schedule step`` only.
+    ``total_steps`` (from ``--max_steps``) is required by ``--lr_schedule step`` only; the flags' rules
+    (names, the step schedule's total and warmup) are checked by the argument groups
+    (:meth:`~pretraining.args.SchedulerArguments.validate`, :func:`pretraining.config.check_arguments`).
     """
-    if args.lr_schedule not in SCHEDULES:
-        raise UserError(f"--lr_schedule {args.lr_schedule!r} is not one of: {', '.join(SCHEDULES)}")
     curve = None
     if args.curve == CUSTOMIZED:
         base_lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])

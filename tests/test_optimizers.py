@@ -238,10 +238,19 @@ def test_adam_and_adamw_pick_torch_fused_kernels_on_the_cpu(name):
 
 
 def test_errors_name_the_fix():
-    with pytest.raises(UserError, match="adafactor, adam, adamw, customized, lamb"):
-        build_optimizer(make_model(), args("sgd"))
-    with pytest.raises(UserError, match="only on a GPU"):
-        build_optimizer(make_model(), args("lamb"), use_fused=True)
+    """Each rule has one owner: the flags' group (names, coefficients), fused_lamb_problem, the Lamb class."""
+    from pretraining.cli import ArgumentChecker
+    from pretraining.optimizers import Lamb, fused_lamb_problem
+
+    check = ArgumentChecker()
+    args("sgd", min_coeff=0.5, max_coeff=0.1).validate(check)
+    assert check.errors == ["--optimizer_type 'sgd' is not one of: adafactor, adam, adamw, customized, lamb",
+                            "LAMB needs 0 <= --min_coeff <= --max_coeff (got 0.5, 0.1)"]
+    with pytest.raises(UserError, match="--min_coeff <= --max_coeff"):
+        Lamb(make_model().parameters(), min_coeff=0.5, max_coeff=0.1)
+    assert fused_lamb_problem("adamw", True) is None and fused_lamb_problem("lamb", None) is None
+    if not torch.cuda.is_available():
+        assert "FusedLamb, which needs a CUDA GPU" in fused_lamb_problem("lamb", True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")

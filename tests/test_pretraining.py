@@ -204,6 +204,11 @@ def test_nonfinite_loss_stops_before_the_update_and_keeps_the_last_good_checkpoi
     (["--train_batch_size", "20"], "--train_batch_size 20 is not a multiple of --train_micro_batch_size_per_gpu 8"),
     (["--vocab_size", "1000"], "--vocab_size 30522"),
     (["--lr_schedule", "step"], "--lr_schedule step needs --max_steps"),
+    (["--lr_schedule", "step", "--max_steps", "500", "--warmup_proportion", "0", "--num_warmup_steps", "1000"],
+     "the warmup (1000 steps) must be shorter than --max_steps (500)"),
+    (["--optimizer_type", "lamb", "--min_coeff", "0.5", "--max_coeff", "0.1"], "LAMB needs 0 <= --min_coeff <= --max_coeff"),
+    (["--hidden_size", "48", "--num_attention_heads", "5"], "--hidden_size (48) must be divisible by --num_attention_heads (5)"),
+    (["--hidden_act", "swishy"], "--hidden_act 'swishy' is not one of"),
     (["--max_steps", "1", "--gradient_accumulation_steps", "3"], "disagrees with --train_batch_size"),
 ])
 def test_bad_arguments_get_one_clear_error(pretrain_flags, extra, message):

@@ -84,8 +84,7 @@ class ShardLoader:
     def __init__(self, shards: list[Path], *, read: Callable, collate: Callable, micro_batch: int, grad_accum: int,
                  rank: int, world_size: int, loader_type: str, seed: int, max_steps_per_epoch: int | None = None,
                  prefetch: bool = True, length: Callable[[Path], int] = shard_length):
-        if loader_type not in LOADER_TYPES:
-            raise UserError(f"--data_loader_type {loader_type!r} is not one of: {', '.join(LOADER_TYPES)}")
+        assert loader_type in LOADER_TYPES, loader_type  # the flag's owner (DatasetArguments) checked it
         if not shards:
             raise UserError("no train shards to read")
         self.shards = list(shards)
