@@ -246,16 +246,23 @@ class DatasetArguments:
         metadata={"help": "Accepted for academic-budget-bert compatibility; batches are sliced from the in-memory "
                           "shard, so there are no loader worker processes (a notice is printed)"},
     )
-    max_predictions_per_seq: int = field(
-        default=20, metadata={"help": "Dynamic masking: the most tokens masked per sequence"}
+    max_predictions_per_seq: Optional[int] = field(
+        default=None,
+        metadata={"help": "Dynamic masking: the most tokens masked per sequence; default: the shards' manifest "
+                          "(prepare_dataset.py's value), else 20. Statically masked shards refuse a different value"},
     )
-    masked_lm_prob: float = field(default=0.15, metadata={"help": "Dynamic masking: share of tokens masked"})
+    masked_lm_prob: Optional[float] = field(
+        default=None,
+        metadata={"help": "Dynamic masking: share of tokens masked; default: the shards' manifest, else 0.15. "
+                          "Statically masked shards refuse a different value"},
+    )
 
     def validate(self, check: ArgumentChecker) -> None:
         check.choice("--data_loader_type", self.data_loader_type, LOADER_TYPES)
         check.require(bool(self.dataset_path), "--dataset_path is required (a folder made by prepare_dataset.py)")
-        check.require(self.max_predictions_per_seq > 0, "--max_predictions_per_seq must be > 0")
-        check.require(0 < self.masked_lm_prob < 1, "--masked_lm_prob must be in (0, 1)")
+        check.require(self.max_predictions_per_seq is None or self.max_predictions_per_seq > 0,
+                      "--max_predictions_per_seq must be > 0")
+        check.require(self.masked_lm_prob is None or 0 < self.masked_lm_prob < 1, "--masked_lm_prob must be in (0, 1)")
 
     def notices(self) -> list[str]:
         return _notice_if_changed(self, {"num_workers": "batches are sliced in memory (no worker processes)"})

@@ -229,8 +229,9 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
     out = Path(args.output_dir).resolve()
     data = out / "data"
     prepare_argv = ["--output_dir", str(data), "--dataset", *args.corpus, "--masking", "dynamic",
-                    "--max_seq_length", str(args.max_seq_length), "--num_train_shards", str(args.num_train_shards),
-                    "--dup_factor", "1", "--num_test_shards", "1", "--frac_test", "0.02", "--seed", "42"]
+                    "--masked_lm_prob", str(args.masked_lm_prob), "--max_seq_length", str(args.max_seq_length),
+                    "--num_train_shards", str(args.num_train_shards), "--dup_factor", "1", "--num_test_shards", "1",
+                    "--frac_test", "0.02", "--seed", "42"]
     if args.vocab_size:
         prepare_argv += ["--train_tokenizer", str(args.vocab_size)]
     if args.max_documents:

@@ -1,18 +1,154 @@
-"""What a pretraining run is built from, checked before the first step: the tokenizer, the model (new or from
-a checkpoint, every encoder weight loaded), and the shards against both; the seeds."""
+"""What a pretraining run is built from, checked before the first step: :func:`build_run` makes the process
+group, the data (tokenizer, masking, shards), the model (new or from a checkpoint, every encoder weight loaded),
+optimizer, schedule, engine and loader, in a stated order; the training loop is :mod:`pretraining.training`."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from pretraining.config import PretrainingConfig, check_arguments
 from pretraining.errors import UserError
 
 logger = logging.getLogger(__name__)
+#: model inputs the collator produces (next_sentence_label only for bert-mlm-nsp)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+#: dynamic masking when neither a flag nor the shards' manifest says otherwise (BERT's)
+MASKING_DEFAULTS = {"masked_lm_prob": 0.15, "max_predictions_per_seq": 20}
+
+
+@dataclass
+class BuiltRun:
+    """Everything :func:`build_run` made for one run, ready for its first step."""
+
+    config: PretrainingConfig
+    dist: object  #: :class:`pretraining.engine.DistInfo`
+    run_dir: Path
+    resume_candidates: list[Path]  #: checkpoints to resume from, newest first (empty: a new run)
+    manifest: dict | None
+    tokenizer: object
+    train_shards: list[Path]
+    test_shards: list[Path]
+    inputs: tuple[str, ...]  #: the batch keys the model takes
+    collate: Callable
+    read_shard: Callable
+    unigram: torch.Tensor | None  #: log-probabilities of the unigram baseline (validation only)
+    compatibility: dict  #: what a checkpoint must share with this run
+    scheduler: object
+    engine: object
+    loader: object
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+def build_run(config: PretrainingConfig) -> BuiltRun:
+    """Set up a run, in this order (each step needs the ones before it):
+
+    1. the process group (the world size decides gradient accumulation), then every argument rule at once;
+    2. the run folder: refused if it holds checkpoints and no resume was asked for;
+    3. the data: shards, manifest, tokenizer, masking settings, collator;
+    4. the model (seeded with ``--seed``), checked against the tokenizer and every shard's metadata;
+    5. the unigram baseline of validation; 6. optimizer, LR schedule and engine;
+    7. the loader (dropout seeded per rank from here on).
+    Resuming a checkpoint into these parts is the loop's first job (:class:`pretraining.training.Pretraining`).
+    """
+    from pretraining.checkpoint import list_checkpoints, resume_candidates
+    from pretraining.data.collator import PretrainingCollator
+    from pretraining.data.loader import ShardLoader
+    from pretraining.data.shards import list_shards, read_manifest, read_shard
+    from pretraining.engine import build_engine, setup_distributed
+    from pretraining.evaluation import unigram_log_probs
+    from pretraining.optimizers import build_optimizer
+    from pretraining.schedules import build_scheduler
+
+    run, data = config.run, config.data
+    dist = setup_distributed(config.engine.deepspeed, run.local_rank, timeout_s=run.ddp_timeout)
+    grad_accum, notices = check_arguments(config, dist.world_size)
+
+    run_dir = Path(run.output_dir) / run.job_name
+    candidates = resume_candidates(run.load_training_checkpoint, run.load_checkpoint_id) \
+        if run.load_training_checkpoint else []
+    existing = list_checkpoints(run_dir / "checkpoints")  # every rank decides alike: none is left waiting
+    if existing and not candidates:
+        raise UserError(
+            f"{run_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): resume with "
+            f"--load_training_checkpoint {run_dir}, or pick another --job_name / --output_dir")
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+
+    train_shards = list_shards(data.dataset_path, "train")
+    test_shards = list_shards(data.dataset_path, "test") if run.do_validation else []
+    manifest = read_manifest(data.dataset_path)
+    tokenizer = dataset_tokenizer(config.model.tokenizer_name, manifest, data.dataset_path)
+    nsp = config.model.model_type == "bert-mlm-nsp"
+    collate = PretrainingCollator(vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
+                                  special_token_ids=tokenizer.all_special_ids,
+                                  **masking_settings(data, manifest, notices))
+
+    set_seeds(run.seed)
+    model = build_model(config.model, data_vocab_size(manifest, tokenizer)).to(dist.device)
+    vocab = model.config.vocab_size
+    check_vocab(data.dataset_path, manifest, tokenizer, vocab)
+    lengths = check_shards(train_shards + test_shards, model.config.max_position_embeddings)
+    read = functools.partial(read_shard, vocab_size=vocab)
+    unigram = torch.as_tensor(unigram_log_probs(data.dataset_path, train_shards, read, vocab, tokenizer, notices),
+                              dtype=torch.float32, device=dist.device) if run.do_validation else None
+    if config.model.model_name_or_path:
+        notices.append(f"--model_name_or_path: the architecture comes from {config.model.model_name_or_path} "
+                       f"({model.config.num_hidden_layers}x{model.config.hidden_size}); the architecture flags "
+                       "are ignored")
+
+    optimizer = build_optimizer(model, config.optimizer, use_fused=config.engine.fused_optimizer)
+    scheduler = build_scheduler(optimizer, config.scheduler, total_steps=run.max_steps)
+    engine = build_engine(model, optimizer, ds_args=config.engine, dist_info=dist, train_batch_size=run.train_batch_size,
+                          micro_batch=run.train_micro_batch_size_per_gpu, grad_accum=grad_accum)
+
+    torch.manual_seed(run.seed + dist.rank)  # dropout differs across ranks
+    loader = ShardLoader(train_shards, read=read, collate=collate, micro_batch=engine.micro_batch,
+                         grad_accum=engine.grad_accum, rank=dist.rank, world_size=dist.world_size,
+                         loader_type=data.data_loader_type, seed=run.seed, max_steps_per_epoch=run.max_steps_per_epoch,
+                         prefetch=data.async_worker, length=lengths.__getitem__)
+    return BuiltRun(config=config, dist=dist, run_dir=run_dir, resume_candidates=candidates, manifest=manifest,
+                    tokenizer=tokenizer, train_shards=train_shards, test_shards=test_shards,
+                    inputs=MODEL_INPUTS + (("next_sentence_label",) if nsp else ()), collate=collate, read_shard=read,
+                    unigram=unigram, compatibility=config.compatibility(model.config), scheduler=scheduler,
+                    engine=engine, loader=loader, notices=notices)
+
+
+def masking_settings(data, manifest: dict | None, notices: list[str]) -> dict:
+    """The collator's ``masked_lm_prob`` and ``max_predictions_per_seq``: the flag when given, else the shards'
+    manifest (what prepare_dataset.py was told), else BERT's 0.15 and 20.
+
+    Statically masked shards carry their masks: a flag that contradicts their manifest could not take effect and
+    is refused. Dynamic shards are masked here, so a flag may differ from the manifest (a masking-rate study on
+    one preparation), with a notice.
+    """
+    recorded = manifest or {}
+    static = recorded.get("masking") == "static"
+    settings = {}
+    for key, default in MASKING_DEFAULTS.items():
+        flag, stored = getattr(data, key), recorded.get(key)
+        if flag is not None and stored is not None and flag != stored:
+            if static:
+                raise UserError(
+                    f"--{key} {flag:g} contradicts the shards in {data.dataset_path}: they are statically masked "
+                    f"with {key} {stored:g} (the masks are stored in them, a flag cannot change them); drop --{key}, "
+                    "or prepare the shards again with that value (or with --masking dynamic)")
+            notices.append(f"--{key} {flag:g} replaces the {stored:g} recorded in {data.dataset_path}/manifest.json "
+                           "(dynamic masking: the collator masks with the flag's value)")
+        settings[key] = flag if flag is not None else stored if stored is not None else default
+    return settings
 
 
 def dataset_tokenizer(name: str | None, manifest: dict | None, dataset_path: str | None = None):
@@ -68,14 +204,16 @@ def check_vocab(dataset_path: str, manifest: dict | None, tokenizer, model_vocab
             "prepare the shards with a tokenizer that fits")
 
 
-def check_shards(paths: list[Path], max_positions: int) -> None:
+def check_shards(paths: list[Path], max_positions: int) -> dict[Path, int]:
     """Check every shard's schema before training (metadata only: a bad shard fails the start, not epoch 500).
 
-    All shards must share one sequence length, within the model's position embeddings.
+    All shards must share one sequence length, within the model's position embeddings. Returns each shard's
+    number of samples (the loader's epoch lengths: the metadata is read once).
     """
     from pretraining.data.shards import check_shard
 
-    lengths = {path: check_shard(path)["seq_length"] for path in paths}
+    infos = {path: check_shard(path) for path in paths}
+    lengths = {path: info["seq_length"] for path, info in infos.items()}
     distinct = sorted(set(lengths.values()))
     if len(distinct) > 1:
         examples = ", ".join(f"{next(p.name for p, n in lengths.items() if n == length)}: {length}"
@@ -86,6 +224,7 @@ def check_shards(paths: list[Path], max_positions: int) -> None:
         raise UserError(f"the shards hold sequences of {distinct[0]} tokens, more than the model's "
                         f"--max_position_embeddings {max_positions}: set --max_position_embeddings {distinct[0]} or "
                         f"more, or prepare the shards with --max_seq_length {max_positions} or less")
+    return {path: info["samples"] for path, info in infos.items()}
 
 
 def set_seeds(seed: int) -> None:

@@ -31,8 +31,8 @@ step schedule used ``--max_steps``' huge default as the total, so warmup never e
 (here ``--lr_schedule step`` without a total is an error).
 
 :func:`build_scheduler` returns an :class:`LRScheduler`, stepped by the training loop with
-``step(global_step, elapsed_seconds)``; its ``state_dict`` holds the position (steps and
-elapsed seconds), so a resumed run continues the same curve.
+``step(global_step, elapsed_seconds)``, the loop's own position (saved in its checkpoints), so a
+resumed run continues the same curve; the scheduler's ``state_dict`` holds the base learning rates only.
 """
 
 from __future__ import annotations
@@ -179,13 +179,13 @@ class LRScheduler:
         return list(self._last_lr)
 
     def state_dict(self) -> dict:
-        """Position and base learning rates (plain numbers; safe for ``torch.load(weights_only=True)``)."""
-        return {"global_step": self.global_step, "elapsed_seconds": self.elapsed_seconds, "base_lrs": list(self.base_lrs)}
+        """The base learning rates (plain numbers; safe for ``torch.load(weights_only=True)``). The position is the
+        training loop's (its step and training time, in the checkpoint's state): it is not kept twice."""
+        return {"base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the position and re-apply the learning rates it implies."""
-        self.global_step = int(state["global_step"])
-        self.elapsed_seconds = float(state["elapsed_seconds"])
+        """Restore the base learning rates (older checkpoints' position keys are ignored: the loop passes its
+        position to the next :meth:`step`)."""
         self.base_lrs = [float(lr) for lr in state["base_lrs"]]
         self._apply()
 

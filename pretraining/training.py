@@ -1,8 +1,8 @@
 """The pretraining run: one loop for the DeepSpeed and the plain-torch engines.
 
-``pretrain(config)`` sets up the process group, data, model, optimizer, schedule and
-engine (:mod:`pretraining.engine`), optionally resumes a checkpoint, then trains until
-a stop rule fires, checked after every optimizer step:
+``pretrain(config)`` sets up the process group, data, model, optimizer, schedule, engine
+and loader (:func:`pretraining.run_setup.build_run`, in its stated order), optionally
+resumes a checkpoint, then trains until a stop rule fires, checked after every optimizer step:
 
 * ``time_budget``: training time reached ``min(--early_exit_time_marker,
   --total_training_time)`` hours (the LR is 0 at the end of the budget anyway);
@@ -40,7 +40,6 @@ and ``skipped_steps``, the updates the loss scaler skipped so far; eval lines; o
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -53,18 +52,14 @@ from typing import Callable
 import torch
 
 from pretraining.atomic import swap_folder, write_guard
-from pretraining.checkpoint import (CorruptCheckpoint, list_checkpoints, load_checkpoint, resume_candidates,
-                                   save_checkpoint)
-from pretraining.config import PretrainingConfig, check_arguments
+from pretraining.checkpoint import CorruptCheckpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from pretraining.config import PretrainingConfig
 from pretraining.errors import UserError
-from pretraining.evaluation import MaskedLMSums, unigram_log_probs
+from pretraining.evaluation import MaskedLMSums
 from pretraining.progress import Interval, Progress, StopReason, TrainingTimer
-from pretraining.run_setup import (build_model, check_shards, check_vocab, data_vocab_size, dataset_tokenizer,
-                                   set_seeds)
+from pretraining.run_setup import BuiltRun, build_run
 
 logger = logging.getLogger(__name__)
-#: model inputs the collator produces (next_sentence_label only for bert-mlm-nsp)
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 @dataclass
@@ -77,69 +72,25 @@ class RunResult:
 
 
 class Pretraining:
-    """One run: built by :func:`pretrain`; ``run()`` trains and returns the result."""
+    """The loop of one run over the parts :func:`pretraining.run_setup.build_run` made (resuming a checkpoint
+    into them first when asked); ``run()`` trains and returns the result."""
 
-    def __init__(self, config: PretrainingConfig, clock: Callable[[], float] = time.monotonic, stream=None):
-        from pretraining.data.collator import PretrainingCollator
-        from pretraining.data.loader import ShardLoader
-        from pretraining.data.shards import list_shards, read_manifest, read_shard
-        from pretraining.engine import build_engine, setup_distributed
+    def __init__(self, built: BuiltRun, clock: Callable[[], float] = time.monotonic, stream=None):
         from pretraining.metrics import RunLogger, wandb_mode
-        from pretraining.optimizers import build_optimizer
-        from pretraining.schedules import build_scheduler
 
-        self.config, self.clock = config, clock
+        self.config, self.clock = built.config, clock
         self.wall_start = time.monotonic()
-        run, data = config.run, config.data
-        self.dist = setup_distributed(config.engine.deepspeed, run.local_rank, timeout_s=run.ddp_timeout)
-        grad_accum, notices = check_arguments(config, self.dist.world_size)
-        self.run_dir = Path(run.output_dir) / run.job_name
-        self.ckpt_root = self.run_dir / "checkpoints"
-        candidates = resume_candidates(run.load_training_checkpoint, run.load_checkpoint_id) \
-            if run.load_training_checkpoint else []
-        resume = candidates[0] if candidates else None
-        self._prepare_run_dir(resume)
-
-        self.train_shards = list_shards(data.dataset_path, "train")
-        self.test_shards = list_shards(data.dataset_path, "test") if run.do_validation else []
-        self.manifest = read_manifest(data.dataset_path)
-        self.tokenizer = dataset_tokenizer(config.model.tokenizer_name, self.manifest, data.dataset_path)
-        self.nsp = config.model.model_type == "bert-mlm-nsp"
-        self.inputs = MODEL_INPUTS + (("next_sentence_label",) if self.nsp else ())
-        self.collate = PretrainingCollator(
-            vocab_size=len(self.tokenizer), mask_token_id=self.tokenizer.mask_token_id,
-            special_token_ids=self.tokenizer.all_special_ids, masked_lm_prob=data.masked_lm_prob,
-            max_predictions_per_seq=data.max_predictions_per_seq)
-
-        set_seeds(run.seed)
-        model = build_model(config.model, data_vocab_size(self.manifest, self.tokenizer)).to(self.dist.device)
-        check_vocab(data.dataset_path, self.manifest, self.tokenizer, model.config.vocab_size)
-        check_shards(self.train_shards + self.test_shards, model.config.max_position_embeddings)
-        self.read_shard = functools.partial(read_shard, vocab_size=model.config.vocab_size)
-        self.unigram = torch.as_tensor(unigram_log_probs(data.dataset_path, self.train_shards, self.read_shard,
-                                                         model.config.vocab_size, self.tokenizer, notices),
-                                       dtype=torch.float32, device=self.dist.device) if run.do_validation else None
-        self.compatibility = config.compatibility(model.config)
-        if config.model.model_name_or_path:
-            notices.append(f"--model_name_or_path: the architecture comes from {config.model.model_name_or_path} "
-                           f"({model.config.num_hidden_layers}x{model.config.hidden_size}); the architecture flags "
-                           "are ignored")
-        optimizer = build_optimizer(model, config.optimizer, use_fused=config.engine.fused_optimizer)
-        self.scheduler = build_scheduler(optimizer, config.scheduler, total_steps=run.max_steps)
-        self.engine = build_engine(model, optimizer, ds_args=config.engine, dist_info=self.dist,
-                                   train_batch_size=run.train_batch_size,
-                                   micro_batch=run.train_micro_batch_size_per_gpu, grad_accum=grad_accum)
-        torch.manual_seed(run.seed + self.dist.rank)  # dropout differs across ranks
-        self.loader = ShardLoader(
-            self.train_shards, read=self.read_shard, collate=self.collate, micro_batch=self.engine.micro_batch,
-            grad_accum=self.engine.grad_accum, rank=self.dist.rank, world_size=self.dist.world_size,
-            loader_type=data.data_loader_type, seed=run.seed, max_steps_per_epoch=run.max_steps_per_epoch,
-            prefetch=data.async_worker)
+        self.dist, self.run_dir, self.ckpt_root = built.dist, built.run_dir, built.ckpt_root
+        self.manifest, self.tokenizer, self.inputs = built.manifest, built.tokenizer, built.inputs
+        self.test_shards, self.collate, self.read_shard, self.unigram = \
+            built.test_shards, built.collate, built.read_shard, built.unigram
+        self.engine, self.scheduler, self.loader = built.engine, built.scheduler, built.loader
+        self.compatibility, self.nsp = built.compatibility, "next_sentence_label" in built.inputs
+        config, run, notices = self.config, self.config.run, built.notices
 
         self.progress = Progress()
         self.last_eval: dict | None = None
-        if resume is not None:
-            resume = self._resume(candidates, notices)
+        resume = self._resume(built.resume_candidates, notices) if built.resume_candidates else None
         self.loader.steps_in_epoch(self.progress.epoch)  # shards too small for one step: fail now, not later
         self.budget_s, self.total_s = config.budget_s, config.scheduler.total_training_s
         self.logger = RunLogger(
@@ -154,28 +105,19 @@ class Pretraining:
             self.logger.print(f"resumed from {resume} at step {self.progress.step}, epoch {self.progress.epoch}")
         if self.dist.is_main:
             (self.run_dir / "args.json").write_text(json.dumps(self._args_record(), indent=1))
+        model = self.engine.module.config
         self.logger.print(
-            f"pretraining {model.config.num_hidden_layers}x{model.config.hidden_size} {config.model.model_type} with "
+            f"pretraining {model.num_hidden_layers}x{model.hidden_size} {config.model.model_type} with "
             f"{config.optimizer.optimizer_type} on {self.dist.world_size} rank(s) ({self.dist.device.type}, "
             f"{'deepspeed' if config.engine.deepspeed else 'torch'}, {config.engine.precision}); batch "
             f"{run.train_batch_size} = {self.engine.micro_batch} x {self.dist.world_size} x {self.engine.grad_accum}; "
-            f"{len(self.train_shards)} train shards; output {self.run_dir}")
+            f"{len(built.train_shards)} train shards; output {self.run_dir}")
 
     # --- setup helpers ----------------------------------------------------------------------------------
 
     def _args_record(self) -> dict:
         return {**self.config.as_dict(), "precision": self.config.engine.precision,
                 "world_size": self.dist.world_size}
-
-    def _prepare_run_dir(self, resume: Path | None) -> None:
-        existing = list_checkpoints(self.ckpt_root)  # every rank decides alike: none is left waiting
-        if existing and resume is None:
-            raise UserError(
-                f"{self.run_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): resume with "
-                f"--load_training_checkpoint {self.run_dir}, or pick another --job_name / --output_dir")
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.dist.barrier()
 
     def _resume(self, candidates: list[Path], notices: list[str]) -> Path:
         """Restore the first candidate that verifies (a corrupt latest one falls back, with a notice)."""
@@ -189,7 +131,7 @@ class Pretraining:
                 notices.append(f"{str(exc).split(';')[0]}; resuming from the checkpoint before it instead")
         names = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in state.items() if k in names})
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict(state["scheduler"])  # its base LRs; the position is the loop's
         return folder
 
     # --- the loop ----------------------------------------------------------------------------------------
@@ -432,7 +374,7 @@ def pretrain(config: PretrainingConfig, clock: Callable[[], float] = time.monoto
     from pretraining.engine import lost_peer
 
     try:
-        return Pretraining(config, clock=clock, stream=stream).run()
+        return Pretraining(build_run(config), clock=clock, stream=stream).run()
     except RuntimeError as exc:
         why = lost_peer(exc)
         if why is None:

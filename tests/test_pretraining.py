@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 import transformers
 
 from pretraining.errors import UserError
+from pretraining.run_setup import build_run
 from pretraining.training import PretrainingConfig, pretrain
 from run_pretraining import main
 
@@ -256,6 +258,22 @@ def test_dynamic_masking_shards_train(pretrain_flags, tiny_shards_dynamic):
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[0] == pytest.approx(math.log(30522), abs=0.3)
 
 
+def test_masking_comes_from_the_manifest_and_static_shards_refuse_a_contradicting_flag(pretrain_flags, tiny_shards,
+                                                                                        tiny_shards_dynamic):
+    def collator(*flags, dataset):
+        built = build_run(PretrainingConfig.parse(pretrain_flags("--max_steps", "1", *flags, dataset=dataset)))
+        return (built.collate.masked_lm_prob, built.collate.max_predictions_per_seq), built.notices
+
+    # the shards were prepared with --max_predictions_per_seq 10 (and the default 0.15): training uses that
+    settings, notices = collator(dataset=tiny_shards_dynamic)
+    assert settings == (0.15, 10) and not any("manifest.json" in n for n in notices)
+    settings, notices = collator("--masked_lm_prob", "0.3", dataset=tiny_shards_dynamic)
+    assert settings == (0.3, 10) and any("--masked_lm_prob 0.3 replaces the 0.15" in n for n in notices)
+    assert collator("--max_predictions_per_seq", "10", dataset=tiny_shards)[0] == (0.15, 10)  # agrees: fine
+    with pytest.raises(UserError, match=r"--max_predictions_per_seq 20 contradicts .* statically masked"):
+        collator("--max_predictions_per_seq", "20", dataset=tiny_shards)
+
+
 def test_pretraining_can_start_from_an_exported_model(pretrain_flags, capsys):
     first = run(pretrain_flags("--max_steps", "2", job="first"))
     start = {k: v.clone() for k, v in first.model.state_dict().items()}
@@ -295,6 +313,7 @@ def test_wandb_runs_offline_without_a_key_and_a_resume_continues_its_run(pretrai
     state = json.loads(next((first.run_dir / "checkpoints").glob("*/state.json")).read_text())
     run_id = state["wandb_run_id"]
     assert run_id and len(list((first.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 1
+    time.sleep(1.1)  # wandb names offline run folders by the second: a resume in the same second reuses the folder
     second = run(flags[:-1] + ["2", "--load_training_checkpoint", str(first.run_dir)])
     state = json.loads(next((second.run_dir / "checkpoints").glob("*-step2/state.json")).read_text())
     assert state["wandb_run_id"] == run_id

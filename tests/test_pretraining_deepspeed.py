@@ -91,9 +91,10 @@ def test_a_deepspeed_config_file_is_used_by_the_engine(pretrain_flags, tmp_path)
     override.write_text(json.dumps({"gradient_clipping": 0.25}))
     config = PretrainingConfig.parse(pretrain_flags("--deepspeed", "--deepspeed_config", str(override),
                                                     "--max_steps", "1", "--no_finetune_checkpoint_at_end"))
+    from pretraining.run_setup import build_run
     from pretraining.training import Pretraining
 
-    run = Pretraining(config)
+    run = Pretraining(build_run(config))
     assert isinstance(run.engine, DeepSpeedEngine)
     assert run.engine.ds.gradient_clipping() == 0.25 and run.engine.grad_accum == 2
     run.run()
