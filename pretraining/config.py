@@ -1,14 +1,14 @@
 """run_pretraining.py's configuration: its argument groups together, the rules across groups and the values
 derived from several of them (gradient accumulation, the time budget). Each group's own rules live with the
-group in :mod:`pretraining.args`."""
+group in :mod:`pretraining.args` and :mod:`pretraining.run_args`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pretraining.args import (DatasetArguments, EngineArguments, ModelArguments, OptimizerArguments,
-                              PretrainingArguments, SchedulerArguments)
+from pretraining.args import ModelArguments, OptimizerArguments, SchedulerArguments
 from pretraining.cli import ArgumentChecker, asdict, parse_args
+from pretraining.run_args import DatasetArguments, EngineArguments, PretrainingArguments
 
 ARGUMENT_GROUPS = (ModelArguments, OptimizerArguments, SchedulerArguments, DatasetArguments, EngineArguments,
                    PretrainingArguments)

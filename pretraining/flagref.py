@@ -19,9 +19,9 @@ SCRIPTS = {
         "pretraining.args:ModelArguments",
         "pretraining.args:OptimizerArguments",
         "pretraining.args:SchedulerArguments",
-        "pretraining.args:DatasetArguments",
-        "pretraining.args:EngineArguments",
-        "pretraining.args:PretrainingArguments",
+        "pretraining.run_args:DatasetArguments",
+        "pretraining.run_args:EngineArguments",
+        "pretraining.run_args:PretrainingArguments",
     ],
     "run_glue.py": [
         "pretraining.finetune:GlueModelArguments",

@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from pretraining.args import EngineArguments
+from pretraining.run_args import EngineArguments
 from pretraining.engine import DeepSpeedEngine, deepspeed_config
 from pretraining.errors import UserError
 from pretraining.training import PretrainingConfig, pretrain
