@@ -13,8 +13,8 @@ with its output streamed to the console and to ``OUTPUT_DIR/logs/<stage>.log``:
 4. :mod:`pretraining.report`: ``results.md``, ``results.csv`` and ``results.png`` (mean ± std over the seeds
    and each model's gain over the control), and the table printed.
 
-Everything is written under ``--output_dir``. Rerunning reuses finished stages (their
-settings are recorded in ``OUTPUT_DIR/stages/``), resumes a pretraining run that was
+Everything is written under ``--output_dir``. Rerunning (the runner is :mod:`pretraining.stages`) reuses
+finished stages (their settings are recorded in ``OUTPUT_DIR/stages/``), resumes a pretraining run that was
 interrupted after a checkpoint, and redoes a stage (and the stages built on it) whose
 settings changed. A failed stage does not stop the others; the report shows what is
 missing and the demo exits non-zero naming the failed stages and their logs.
@@ -25,23 +25,16 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
-from pretraining import report
+from pretraining import report, runs
 from pretraining.checkpoint import list_checkpoints
 from pretraining.cli import ArgumentChecker, parse_args
 from pretraining.errors import UserError, run_main
+from pretraining.stages import Stage, StageRunner, StageTiming, terminate_as_interrupt
 
-ROOT = Path(__file__).resolve().parents[1]
 OPTIMIZERS = ("adamw", "adam", "lamb", "adafactor")
 BUDGET_ENV = "DEMO_BUDGET_MINUTES"
 DEFAULT_BUDGET_MINUTES = 2.0
@@ -175,24 +168,6 @@ class DemoArguments:
             check.require(getattr(self, flag) > 0, f"--{flag} must be > 0 (got {getattr(self, flag)})")
 
 
-@dataclass
-class Stage:
-    """One step of the demo: a script run, how to tell it finished, and what it depends on."""
-
-    name: str
-    script: str
-    argv: list[str]
-    output: Path
-    is_complete: Callable[[], bool]
-    depends: list["Stage"] = field(default_factory=list)
-    resume_argv: Callable[[], list[str]] = lambda: []
-    before: Callable[[], None] = lambda: None
-
-    def fingerprint(self) -> dict:
-        """The settings that define this stage's output, its dependencies' included."""
-        return {"script": self.script, "argv": self.argv, "depends": [d.fingerprint() for d in self.depends]}
-
-
 def resolve_precision(requested: str) -> tuple[str, str]:
     """(precision, device description) for ``--precision`` (``auto``: $PRECISION, else by device)."""
     import torch
@@ -221,7 +196,7 @@ def cpu_name() -> str:
 
 
 def _has_end_line(run_dir: Path) -> bool:
-    return report.load_run(run_dir).end is not None
+    return runs.load_run(run_dir).end is not None
 
 
 def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list[Path]]:
@@ -238,7 +213,7 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
         prepare_argv += ["--max_documents", str(args.max_documents)]
     prepare = Stage("prepare", "prepare_dataset.py", prepare_argv, data,
                     is_complete=lambda: (data / "manifest.json").is_file())
-    stages, runs = [prepare], []
+    stages, run_dirs = [prepare], []
     hours = f"{args.budget() / 60:.6g}"
     common = ["--dataset_path", str(data), "--output_dir", str(out / "pretrain"), "--model_type", "bert-mlm",
               "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.num_hidden_layers),
@@ -266,7 +241,7 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
         stages.append(pretrain)
         stages.append(_finetune_stage(args, precision, f"finetune-{name}", run_dir / "pretrained", run_dir, [pretrain],
                                       lr=args.finetune_lr, epochs=args.finetune_epochs, seeds=args.seeds))
-        runs.append(run_dir)
+        run_dirs.append(run_dir)
     if args.reference:
         from pretraining.resources import minilm_dir
 
@@ -276,13 +251,13 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
                                 lr=args.reference_lr, epochs=args.reference_epochs, seeds=args.reference_seeds)
         stage.before = lambda: _write_reference_args(run_dir, model, precision)
         stages.append(stage)
-        runs.append(run_dir)
-    return stages, runs
+        run_dirs.append(run_dir)
+    return stages, run_dirs
 
 
 def _finetune_stage(args: DemoArguments, precision: str, name: str, model: Path, run_dir: Path,
                     depends: list[Stage], lr: float, epochs: float, seeds: Sequence[int]) -> Stage:
-    output = run_dir / report.FINETUNE_DIR / args.task_name
+    output = run_dir / runs.FINETUNE_DIR / args.task_name
     argv = ["--model_name_or_path", str(model), "--task_name", args.task_name, "--output_dir", str(output),
             "--do_train", "--do_eval", "--max_seq_length", str(args.finetune_max_seq_length),
             "--per_device_train_batch_size", str(args.finetune_batch_size), "--per_device_eval_batch_size", "128",
@@ -294,138 +269,17 @@ def _finetune_stage(args: DemoArguments, precision: str, name: str, model: Path,
         if getattr(args, flag):
             argv += [f"--{flag}", str(getattr(args, flag))]
     return Stage(name, "run_glue.py", argv, output, depends=depends,
-                 is_complete=lambda: (output / report.RESULTS_FILE).is_file())
+                 is_complete=lambda: (output / runs.RESULTS_FILE).is_file())
 
 
 def _write_reference_args(run_dir: Path, model: Path, precision: str) -> None:
     """args.json of the reference row, so the report names it and shows its size."""
     config = json.loads((model / "config.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / report.ARGS_FILE).write_text(json.dumps({
+    (run_dir / runs.ARGS_FILE).write_text(json.dumps({
         "job_name": "minilm-reference", "model_name_or_path": str(model), "precision": precision,
         "hidden_size": config.get("hidden_size"), "num_hidden_layers": config.get("num_hidden_layers"),
     }, indent=1))
-
-
-class StageTiming(NamedTuple):
-    """How a stage went: ran, reused, failed or skipped; wall and CPU seconds (of the run that made it)."""
-
-    name: str
-    status: str
-    seconds: float
-    cpu_seconds: float
-
-
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class StageRunner:
-    """Runs stages in order: reuse the finished, redo the changed, stream output, time everything."""
-
-    def __init__(self, out: Path, total: int, stream=None, env: Optional[dict] = None):
-        self.out = out
-        self.total = total
-        self.stream = stream or sys.stdout
-        self.env = env or {}
-        self.started = time.monotonic()
-        self.index = 0
-        self.timings: list[StageTiming] = []
-        self.failed: dict[str, Path] = {}
-
-    def say(self, message: str) -> None:
-        """A demo line with the elapsed time."""
-        elapsed = int(time.monotonic() - self.started)
-        print(f"[demo {elapsed // 60:d}:{elapsed % 60:02d}] {message}", file=self.stream, flush=True)
-
-    def _record_path(self, stage: Stage) -> Path:
-        return self.out / "stages" / f"{stage.name}.json"
-
-    def _write_record(self, stage: Stage, seconds=None, cpu_seconds=None) -> None:
-        path = self._record_path(stage)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"fingerprint": stage.fingerprint(), "seconds": seconds,
-                                    "cpu_seconds": cpu_seconds}, indent=1))
-
-    def run(self, stage: Stage) -> bool:
-        """Run (or reuse) ``stage``; True when its output is complete."""
-        self.index += 1
-        head = f"stage {self.index}/{self.total} {stage.name}"
-        blocked = [d.name for d in stage.depends if d.name in self.failed]
-        if blocked:
-            self.say(f"{head}: skipped, {', '.join(blocked)} failed")
-            self.failed[stage.name] = self.failed[blocked[0]]
-            self.timings.append(StageTiming(stage.name, "skipped", 0.0, 0.0))
-            return False
-        record_path = self._record_path(stage)
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-        same = record.get("fingerprint") == stage.fingerprint()
-        if same and stage.is_complete():
-            seconds, cpu = float(record.get("seconds") or 0.0), float(record.get("cpu_seconds") or 0.0)
-            self.say(f"{head}: reused (finished earlier in {seconds:.0f}s; output {stage.output})")
-            self.timings.append(StageTiming(stage.name, "reused", seconds, cpu))
-            return True
-        if not same and stage.output.exists():
-            self.say(f"{head}: settings changed since the last run; starting it afresh")
-            shutil.rmtree(stage.output)
-        stage.before()
-        self._write_record(stage)
-        argv = stage.argv + stage.resume_argv()
-        if len(argv) > len(stage.argv):
-            self.say(f"{head}: resuming from its last checkpoint")
-        self.say(f"{head}: running {stage.script} (log: {self._log_path(stage)})")
-        began, cpu_began = time.monotonic(), _children_cpu_seconds()
-        code = self._execute(stage, argv)
-        seconds, cpu = time.monotonic() - began, _children_cpu_seconds() - cpu_began
-        if code == 0 and stage.is_complete():
-            self._write_record(stage, seconds, cpu)
-            self.say(f"{head}: done in {seconds:.0f}s ({cpu:.0f}s of CPU time)")
-            self.timings.append(StageTiming(stage.name, "ran", seconds, cpu))
-            return True
-        why = f"exit code {code}" if code else "it finished without its output"
-        self.say(f"{head}: FAILED ({why}) after {seconds:.0f}s; see {self._log_path(stage)}")
-        self.failed[stage.name] = self._log_path(stage)
-        self.timings.append(StageTiming(stage.name, "failed", seconds, cpu))
-        return False
-
-    def _log_path(self, stage: Stage) -> Path:
-        return self.out / "logs" / f"{stage.name}.log"
-
-    def _execute(self, stage: Stage, argv: Sequence[str]) -> int:
-        """Run the script with the venv's python; its output goes to the console (indented) and the log."""
-        log = self._log_path(stage)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**self.env, **os.environ}  # the caller's environment wins over the demo's defaults
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        command = [sys.executable, str(ROOT / stage.script), *argv]
-        with open(log, "a", encoding="utf-8") as handle:
-            handle.write(f"$ {' '.join(command)}\n")
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                       errors="replace", bufsize=1)
-            try:
-                for line in process.stdout:
-                    handle.write(line)
-                    self.stream.write(f"    {line}")
-                    self.stream.flush()
-                return process.wait()
-            except BaseException:  # interrupted: never leave the script running behind the demo's back
-                _stop(process)
-                raise
-            finally:
-                process.stdout.close()
-
-
-def _stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """Interrupt ``process`` (it may finish its current checkpoint write), then terminate, then kill."""
-    for send in (lambda: process.send_signal(signal.SIGINT), process.terminate, process.kill):
-        if process.poll() is not None:
-            return
-        send()
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _settings_section(args: DemoArguments, precision: str, device: str, manifest: dict,
@@ -457,29 +311,12 @@ def _settings_section(args: DemoArguments, precision: str, device: str, manifest
         "Wall-clock time, and CPU time summed over the stage's threads; a reused stage shows its earlier run.", "",
         "| stage | status | wall time | CPU time |", "|---|---|---|---|",
     ]
-    lines += [f"| {t.name} | {t.status} | {report.format_duration(t.seconds)} | {report.format_duration(t.cpu_seconds)} |"
+    lines += [f"| {t.name} | {t.status} | {runs.format_duration(t.seconds)} | {runs.format_duration(t.cpu_seconds)} |"
               for t in timings]
     total = sum(t.seconds for t in timings)
-    lines.append(f"| sum | | {report.format_duration(total)} | "
-                 f"{report.format_duration(sum(t.cpu_seconds for t in timings))} |")
+    lines.append(f"| sum | | {runs.format_duration(total)} | "
+                 f"{runs.format_duration(sum(t.cpu_seconds for t in timings))} |")
     return "\n".join(lines) + "\n"
-
-
-@contextmanager
-def _terminate_as_interrupt():
-    """Inside, SIGTERM raises KeyboardInterrupt as Ctrl-C does, so the running stage is stopped too."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @run_main
@@ -492,13 +329,13 @@ def main(argv=None) -> list[dict]:
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     precision, device = resolve_precision(args.precision)
-    stages, runs = build_stages(args, precision)
+    stages, run_dirs = build_stages(args, precision)
     defaults = {**STAGE_ENV, **({"DS_ACCELERATOR": "cpu"} if device.startswith("CPU") else {})}
     runner = StageRunner(out, total=len(stages) + 1, env=defaults)
     runner.say(f"offline demo into {out}: {len(args.optimizers)} optimizer(s) x {args.budget():g} min of "
                f"pretraining ({device}, {precision}), then {args.task_name} fine-tuning and the report")
     try:
-        with _terminate_as_interrupt():
+        with terminate_as_interrupt():
             for stage in stages:
                 runner.run(stage)
     except KeyboardInterrupt:
@@ -507,7 +344,7 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(130) from None
     runner.index += 1
     runner.say(f"stage {runner.index}/{runner.total} report")
-    rows, table = report.build_report(runs, out=out / "results.md", plot=out / "results.png",
+    rows, table = report.build_report(run_dirs, out=out / "results.md", plot=out / "results.png",
                                       csv_path=out / "results.csv", task=args.task_name)
     manifest_path = out / "data" / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}

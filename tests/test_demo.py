@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pretraining import demo
+from pretraining import demo, stages
 from pretraining.errors import UserError
 
 pytestmark = pytest.mark.slow  # processes launched and killed: `make test-fast` skips these
@@ -42,9 +42,9 @@ def _stages(tmp_path: Path, a_argv=(), b_argv=()):
     script.write_text(FAKE_SCRIPT)
     out = tmp_path / "work"
     a_dir, b_dir = out / "a", out / "b"
-    a = demo.Stage("a", str(script), ["--out", str(a_dir), *a_argv], a_dir,
+    a = stages.Stage("a", str(script), ["--out", str(a_dir), *a_argv], a_dir,
                    is_complete=lambda: (a_dir / "done").is_file())
-    b = demo.Stage("b", str(script), ["--out", str(b_dir), *b_argv], b_dir, depends=[a],
+    b = stages.Stage("b", str(script), ["--out", str(b_dir), *b_argv], b_dir, depends=[a],
                    is_complete=lambda: (b_dir / "done").is_file(),
                    resume_argv=lambda: ["--resume"] if b_dir.exists() else [])
     return out, a, b
@@ -55,10 +55,10 @@ def _calls(out: Path) -> list[list[str]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _run(out: Path, *stages) -> tuple[demo.StageRunner, str]:
+def _run(out: Path, *steps) -> tuple[stages.StageRunner, str]:
     stream = io.StringIO()
-    runner = demo.StageRunner(out, total=len(stages), stream=stream)
-    for stage in stages:
+    runner = stages.StageRunner(out, total=len(steps), stream=stream)
+    for stage in steps:
         runner.run(stage)
     return runner, stream.getvalue()
 
@@ -185,12 +185,12 @@ SLEEPER = textwrap.dedent("""
 DRIVER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pretraining import demo
+    from pretraining import stages
     script, pid_file, out = sys.argv[1:4]
-    stage = demo.Stage("sleep", script, [pid_file], Path(out) / "sleep", is_complete=lambda: False)
+    stage = stages.Stage("sleep", script, [pid_file], Path(out) / "sleep", is_complete=lambda: False)
     try:
-        with demo._terminate_as_interrupt():
-            demo.StageRunner(Path(out), total=1).run(stage)
+        with stages.terminate_as_interrupt():
+            stages.StageRunner(Path(out), total=1).run(stage)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         sys.exit(130)
