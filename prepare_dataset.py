@@ -19,7 +19,8 @@ from __future__ import annotations
 import sys
 
 from pretraining.cli import parse_args
-from pretraining.data.prepare import PrepareArguments, apply_defaults, prepare
+from pretraining.data.prepare import prepare
+from pretraining.data.prepare_args import PrepareArguments, apply_defaults
 from pretraining.errors import run_main
 
 

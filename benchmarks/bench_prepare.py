@@ -34,7 +34,8 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pretraining.data.corpus import offline_wikipedia  # noqa: E402
-from pretraining.data.prepare import PrepareArguments, prepare  # noqa: E402
+from pretraining.data.prepare import prepare  # noqa: E402
+from pretraining.data.prepare_args import PrepareArguments  # noqa: E402
 from pretraining.data.tokenization import encode_batch, load_tokenizer, rust_tokenizer  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 # script -> the argument groups it parses, as "module:Class" (imported lazily).
 SCRIPTS = {
-    "prepare_dataset.py": ["pretraining.data.prepare:PrepareArguments"],
+    "prepare_dataset.py": ["pretraining.data.prepare_args:PrepareArguments"],
     "run_pretraining.py": [
         "pretraining.args:ModelArguments",
         "pretraining.args:OptimizerArguments",

@@ -105,7 +105,7 @@ def test_customized_curve_and_optimizer_errors_and_runs(pretrain_flags, tmp_path
 
 
 def test_prepare_with_no_arguments_uses_defaults_offline(tmp_path, monkeypatch, capsys):
-    from pretraining.data.prepare import PrepareArguments, apply_defaults
+    from pretraining.data.prepare_args import PrepareArguments, apply_defaults
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -262,7 +262,7 @@ def test_script_exit_code_and_message_in_a_real_process(tmp_path):
 
 def test_flags_parse_with_academic_budget_bert_style_booleans(tmp_path):
     from pretraining.cli import parse_args
-    from pretraining.data.prepare import PrepareArguments
+    from pretraining.data.prepare_args import PrepareArguments
 
     (args,) = parse_args([PrepareArguments], ["--output_dir", "out", "--do_lower_case", "--nsp", "--input_files",
                                               "a.txt", "b.jsonl", "--dup_factor", "3"])

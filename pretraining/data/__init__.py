@@ -9,5 +9,6 @@ Modules (import what you need; nothing heavy is imported here):
 * :mod:`~pretraining.data.masking` -- 80/10/10 masking, shared by static preparation and the collator
 * :mod:`~pretraining.data.shards` -- ``list_shards``, ``read_shard``, ``write_shard``, ``read_manifest``
 * :mod:`~pretraining.data.collator` -- ``PretrainingCollator`` (batches of shard rows -> tensors)
-* :mod:`~pretraining.data.prepare` -- prepare_dataset.py's pipeline and ``PrepareArguments``
+* :mod:`~pretraining.data.prepare` -- prepare_dataset.py's pipeline; its flags in
+  :mod:`~pretraining.data.prepare_args` (``PrepareArguments``, ``apply_defaults``)
 """
