@@ -21,7 +21,8 @@ head applies GELU, so only GELU models with LayerNorm use them; others stay ``be
 
 Renames are tables of (pattern, replacement) applied in order; loading checks that every
 encoder and embedding tensor found a place (:func:`check_loading`). ``python -m
-pretraining.convert SRC OUT --to academic-budget-bert`` writes IntelLabs' layout from ours.
+pretraining.convert SRC OUT --to academic-budget-bert`` writes IntelLabs' layout from ours; the files an
+export writes in a layout are made by :mod:`pretraining.export`.
 """
 
 from __future__ import annotations
@@ -300,110 +301,6 @@ def load_converted(cls, path, layout: str, *, config=None, output_loading_info: 
                    "mismatched_keys": [], "error_msgs": []}
 
 
-#: our class -> the stock class suffix its export uses
-STOCK_KINDS = {"BertForPreTraining": "ForMaskedLM", "BertForSequenceClassification": "ForSequenceClassification"}
-STOCK_CLASS_NAMES = {"roberta-prelayernorm": "RobertaPreLayerNorm", "xlm-roberta-xl": "XLMRobertaXL"}
-
-
-def stock_files(state: dict, config, layout: str, class_name: str, tokenizer=None) -> tuple[str, dict]:
-    """(config.json text, tensors) of our model in ``layout``, exactly the keys the stock class saves."""
-    import transformers
-
-    kind = STOCK_KINDS.get(class_name)
-    if kind is None:
-        raise UserError(f"a {class_name} has no stock transformers layout; export a BertForPreTraining or a "
-                        "BertForSequenceClassification")
-    fields = {k: v for k, v in stock_config(config, layout).items() if k != "model_type"}
-    if tokenizer is not None:
-        fields.update(bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-    hf_config = transformers.AutoConfig.for_model(layout, **fields)
-    hf_config.architectures = [STOCK_CLASS_NAMES[layout] + kind]
-    auto = transformers.AutoModelForMaskedLM if kind == "ForMaskedLM" else transformers.AutoModelForSequenceClassification
-    with torch.device("meta"):
-        stock = auto.from_config(hf_config)
-    tied = stock.get_expanded_tied_weights_keys()
-    expected = [key for key in stock.state_dict() if key not in tied]
-    mapped = to_stock(state, config, layout)
-    missing = [key for key in expected if key not in mapped]
-    if missing:  # a rename table out of step with transformers' classes
-        raise UserError(f"cannot export to the {layout} layout: no tensor for {', '.join(missing[:5])}")
-    return hf_config.to_json_string(), {key: mapped[key] for key in expected}
-
-
-def model_card(config, layout: Optional[str], details: dict) -> str:
-    """README.md of an export: what the model is, how it was trained, how to load it."""
-    classes = (f"`{STOCK_CLASS_NAMES[layout]}ForMaskedLM` / `{STOCK_CLASS_NAMES[layout]}ForSequenceClassification`"
-               if layout else "`BertForMaskedLM` / `BertForSequenceClassification`" if not config.pre_ln
-               else "`pretraining.modeling.BertForPreTraining` (this package's own layout)")
-    rows = [("architecture", f"BERT L{config.num_hidden_layers}-H{config.hidden_size}, {config.num_attention_heads} "
-                             f"heads, FFN {config.intermediate_size}, {config.encoder_ln_mode}, "
-                             f"{config.hidden_act}, vocabulary {config.vocab_size:,}, "
-                             f"{config.max_position_embeddings} positions"),
-            ("loads as", f"{classes} (model type `{layout or ('bert' if not config.pre_ln else 'bert_pre_ln')}`)"),
-            *((key, str(value)) for key, value in details.items() if value is not None)]
-    table = "\n".join(f"| {key} | {value} |" for key, value in rows)
-    return f"""---
-library_name: transformers
-tags: [bert, fill-mask, budget-bert]
----
-
-# {details.get('run', 'budget-bert model')}
-
-A BERT pretrained from scratch by budget-bert (masked language modelling under a wall-clock budget,
-after [academic-budget-bert](https://github.com/IntelLabs/academic-budget-bert)'s recipe).
-
-| | |
-|---|---|
-{table}
-
-```python
-from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
-
-model = AutoModelForMaskedLM.from_pretrained("THIS_FOLDER")
-tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")
-print(pipeline("fill-mask", model=model, tokenizer=tokenizer)("the movie was [MASK] ."))
-```
-
-Fine-tune it with `run_glue.py --model_name_or_path THIS_FOLDER --task_name ...` or any transformers script.
-"""
-
-
-def academic_files(model, args: Optional[dict] = None) -> tuple[dict, dict, dict]:
-    """(config.json, tensors, args.json) of IntelLabs' layout for our BertForPreTraining ``model``.
-
-    Their BertModel always has a pooler: an MLM-only model gets an untrained one; their post-LN
-    encoder builds a FinalLayerNorm it never applies: identity weights. RegularLinearActivation
-    names (``fused_linear_layer`` false) and ``layer_norm_type`` pytorch need no apex.
-    """
-    config = model.config
-    if config.vocab_pad_multiple != 1:
-        raise UserError("export an unpadded model (load it from its pretrained/ export first)")
-    state = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()
-             if k != "cls.predictions.decoder.bias"}
-    if "bert.pooler.dense.weight" not in state:  # deterministic BERT initialisation of the pooler they need
-        generator = torch.Generator().manual_seed(0)
-        state["bert.pooler.dense.weight"] = torch.randn(config.hidden_size, config.hidden_size,
-                                                        generator=generator) * config.initializer_range
-        state["bert.pooler.dense.bias"] = torch.zeros(config.hidden_size)
-    if not config.pre_ln:
-        hidden = config.hidden_size
-        state.update({"bert.encoder.FinalLayerNorm.weight": torch.ones(hidden),
-                      "bert.encoder.FinalLayerNorm.bias": torch.zeros(hidden)})
-    theirs = rename(state, ACADEMIC_EXPORT_RULES[config.encoder_ln_mode])
-    nsp = bool(config.next_sentence_prediction)
-    fields = {key: getattr(config, key) for key in (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-        "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-        "initializer_range", "layer_norm_eps", "pad_token_id", "encoder_ln_mode", "layer_norm_type",
-        "layernorm_embedding")}
-    their_config = {**fields, "model_type": "bert", ACADEMIC_MARKER: True, "fused_linear_layer": False,
-                    "sparse_mask_prediction": True,
-                    "architectures": ["BertForPreTraining" if nsp else "BertLMHeadModel"]}
-    run_args = {**(args or {}), "model_type": "bert-mlm-nsp" if nsp else "bert-mlm",
-                "deepspeed_transformer_kernel": False}
-    return their_config, theirs, run_args
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pretraining.convert",
@@ -423,6 +320,7 @@ def main(argv=None) -> Path:
     """Convert ``source`` into ``output``; returns the output folder."""
     from transformers import AutoTokenizer
 
+    from pretraining.export import academic_files
     from pretraining.modeling import BertForPreTraining, export_pretrained
 
     args = _parser().parse_args(argv)

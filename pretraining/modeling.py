@@ -422,7 +422,7 @@ def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike, c
     """
     from safetensors.torch import save_file
 
-    from pretraining import convert
+    from pretraining import convert, export
 
     model = unwrap_model(model)
     if not isinstance(model, BertPreTrainedModel):
@@ -439,7 +439,7 @@ def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike, c
     config.torch_compile = False
     layout = convert.stock_layout(config)
     if layout is not None:
-        config_text, state = convert.stock_files(state, config, layout, type(model).__name__, tokenizer)
+        config_text, state = export.stock_files(state, config, layout, type(model).__name__, tokenizer)
     else:
         config.architectures = [type(model).__name__]
         config_text = config.to_json_string()
@@ -456,6 +456,6 @@ def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike, c
         tokenizer.save_pretrained(str(out))
     if card is not None:
         tmp_card = out / "README.md.tmp"
-        tmp_card.write_text(convert.model_card(config, layout, card))
+        tmp_card.write_text(export.model_card(config, layout, card))
         tmp_card.replace(out / "README.md")
     return out
