@@ -26,7 +26,7 @@ class PretrainingConfig:
     optimizer: OptimizerArguments
     scheduler: SchedulerArguments
     data: DatasetArguments
-    engine: EngineArguments
+    backend: EngineArguments  #: the engine and precision flags (the engine itself is BuiltRun.engine)
     run: PretrainingArguments
 
     @classmethod
@@ -35,7 +35,7 @@ class PretrainingConfig:
         return cls(*parse_args(ARGUMENT_GROUPS, argv))
 
     def groups(self) -> tuple:
-        return self.model, self.optimizer, self.scheduler, self.data, self.engine, self.run
+        return self.model, self.optimizer, self.scheduler, self.data, self.backend, self.run
 
     def as_dict(self) -> dict:
         return asdict(*self.groups())
@@ -49,7 +49,7 @@ class PretrainingConfig:
         """What a checkpoint and the run resuming it must share: the model's shape and the run's engine."""
         merged = self.as_dict()
         return {**{key: getattr(model_config, key) for key in MODEL_SHAPE_KEYS},
-                **{key: merged[key] for key in RUN_KEYS}, "precision": self.engine.precision}
+                **{key: merged[key] for key in RUN_KEYS}, "precision": self.backend.precision}
 
 
 def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, list[str]]:
@@ -82,8 +82,8 @@ def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, li
         check.require(not run.max_steps or warmup < run.max_steps,
                       f"the warmup ({warmup:g} steps) must be shorter than --max_steps ({run.max_steps}): lower "
                       "--warmup_proportion or --num_warmup_steps")
-    check.add(check_precision_supported(config.engine.precision))
-    check.add(fused_lamb_problem(config.optimizer.optimizer_type, config.engine.fused_optimizer))
+    check.add(check_precision_supported(config.backend.precision))
+    check.add(fused_lamb_problem(config.optimizer.optimizer_type, config.backend.fused_optimizer))
     check.raise_if_any()
-    notices = [n for group in (config.data, config.engine, config.run) for n in group.notices()]
+    notices = [n for group in (config.data, config.backend, config.run) for n in group.notices()]
     return max(accum, 1), notices

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
 from transformers import TrainingArguments
 
 from pretraining import glue
-from pretraining.atomic import write_json_atomic
+from pretraining.atomic import atomic_file, write_json_atomic
 from pretraining.cli import ArgumentChecker
 from pretraining.errors import UserError
 from pretraining.modeling import BertPreTrainedModel, export_pretrained
@@ -330,9 +331,12 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
     results: dict = {"task_name": task.name}
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
-        trainer.save_model()
-        if trainer.is_world_process_zero() and isinstance(trainer.model, BertPreTrainedModel):
-            export_pretrained(trainer.model, tokenizer, output_dir)  # the stock transformers layout
+        if not isinstance(trainer.model, BertPreTrainedModel):
+            trainer.save_model()
+        elif trainer.is_world_process_zero():  # written once, in the stock transformers layout
+            export_pretrained(trainer.model, tokenizer, output_dir)
+            with atomic_file(output_dir / "training_args.bin") as handle:  # as Trainer.save_model does
+                torch.save(trainer.args, handle)
         train_metrics = {**train_result.metrics, "train_samples": len(data.train)}
         results.update(train_metrics)
         if trainer.is_world_process_zero():

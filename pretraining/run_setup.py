@@ -72,7 +72,7 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
     from pretraining.schedules import build_scheduler
 
     run, data = config.run, config.data
-    dist = setup_distributed(config.engine.deepspeed, run.local_rank, timeout_s=run.ddp_timeout)
+    dist = setup_distributed(config.backend.deepspeed, run.local_rank, timeout_s=run.ddp_timeout)
     grad_accum, notices = check_arguments(config, dist.world_size)
 
     run_dir = Path(run.output_dir) / run.job_name
@@ -109,9 +109,9 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
                        f"({model.config.num_hidden_layers}x{model.config.hidden_size}); the architecture flags "
                        "are ignored")
 
-    optimizer = build_optimizer(model, config.optimizer, use_fused=config.engine.fused_optimizer)
+    optimizer = build_optimizer(model, config.optimizer, use_fused=config.backend.fused_optimizer)
     scheduler = build_scheduler(optimizer, config.scheduler, total_steps=run.max_steps)
-    engine = build_engine(model, optimizer, ds_args=config.engine, dist_info=dist, train_batch_size=run.train_batch_size,
+    engine = build_engine(model, optimizer, ds_args=config.backend, dist_info=dist, train_batch_size=run.train_batch_size,
                           micro_batch=run.train_micro_batch_size_per_gpu, grad_accum=grad_accum)
 
     torch.manual_seed(run.seed + dist.rank)  # dropout differs across ranks

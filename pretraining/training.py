@@ -109,14 +109,14 @@ class Pretraining:
         self.logger.print(
             f"pretraining {model.num_hidden_layers}x{model.hidden_size} {config.model.model_type} with "
             f"{config.optimizer.optimizer_type} on {self.dist.world_size} rank(s) ({self.dist.device.type}, "
-            f"{'deepspeed' if config.engine.deepspeed else 'torch'}, {config.engine.precision}); batch "
+            f"{'deepspeed' if config.backend.deepspeed else 'torch'}, {config.backend.precision}); batch "
             f"{run.train_batch_size} = {self.engine.micro_batch} x {self.dist.world_size} x {self.engine.grad_accum}; "
             f"{len(built.train_shards)} train shards; output {self.run_dir}")
 
     # --- setup helpers ----------------------------------------------------------------------------------
 
     def _args_record(self) -> dict:
-        return {**self.config.as_dict(), "precision": self.config.engine.precision,
+        return {**self.config.as_dict(), "precision": self.config.backend.precision,
                 "world_size": self.dist.world_size}
 
     def _resume(self, candidates: list[Path], notices: list[str]) -> Path:
@@ -339,7 +339,7 @@ class Pretraining:
                     f"{counts.get('tokens', 'n/a')} train tokens, {counts.get('samples', 'n/a')} sequences)",
             "budget": f"{progress.elapsed_s / 3600:.3g} h of training time of {config.scheduler.total_training_time:g} "
                       f"h, {progress.step} optimizer steps, {progress.tokens:,} tokens, {self.dist.world_size} "
-                      f"rank(s), {config.engine.precision}",
+                      f"rank(s), {config.backend.precision}",
             "optimizer": f"{config.optimizer.optimizer_type}, lr {config.optimizer.lr:g} ({config.scheduler.lr_schedule} "
                          f"schedule, {config.scheduler.curve}), batch {config.run.train_batch_size}",
             "final losses": f"train {self.interval.last_mean:.4f}" + (

@@ -69,6 +69,9 @@ def test_tiny_export_finetunes_end_to_end(tiny_exports, tmp_path, mode):
     model, missing = glue.load_model_for_task(str(out), 2, "single_label_classification")
     assert not missing and model.config.encoder_ln_mode == mode
     assert model.config.id2label == {0: "rotten", 1: "fresh"}
+    # written once, in the stock layout: one weights file, the arguments as Trainer.save_model writes them
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    assert (out / "training_args.bin").stat().st_size > 0
 
 
 def _mrpc_tsv(path: Path, pairs, header="Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"):

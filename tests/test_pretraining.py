@@ -372,4 +372,4 @@ def test_every_academic_budget_bert_flag_is_accepted_and_no_ops_say_so(pretrain_
     args_file = tmp_path / "args.json"  # one JSON file of flags works as well
     args_file.write_text(json.dumps({"dataset_path": "d", "output_dir": "o", "lr": 0.5, "deepspeed": True}))
     from_file = PretrainingConfig.parse([str(args_file)])
-    assert (from_file.optimizer.lr, from_file.engine.deepspeed, from_file.data.dataset_path) == (0.5, True, "d")
+    assert (from_file.optimizer.lr, from_file.backend.deepspeed, from_file.data.dataset_path) == (0.5, True, "d")
