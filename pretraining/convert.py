@@ -318,8 +318,7 @@ def _parser() -> argparse.ArgumentParser:
 @run_main
 def main(argv=None) -> Path:
     """Convert ``source`` into ``output``; returns the output folder."""
-    from transformers import AutoTokenizer
-
+    from pretraining.data.tokenization import open_tokenizer
     from pretraining.export import academic_files
     from pretraining.modeling import BertForPreTraining, export_pretrained
 
@@ -329,10 +328,8 @@ def main(argv=None) -> Path:
         raise UserError(f"{source} is not a checkpoint folder (no config.json)")
     model, info = BertForPreTraining.from_pretrained(str(source), output_loading_info=True)
     check_loading(info["missing_keys"], info["unexpected_keys"], str(source))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
-    except (OSError, ValueError):
-        tokenizer = None
+    has_tokenizer = any((source / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+    tokenizer = open_tokenizer(str(source), f"fix or remove the tokenizer files in {source}") if has_tokenizer else None
     if args.to == "transformers":
         export_pretrained(model, tokenizer, out)
     else:
