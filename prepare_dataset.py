@@ -11,6 +11,11 @@ Examples:
         --tokenizer_name bert-large-uncased --do_lower_case --output_dir data/wikipedia \\
         --max_seq_length 128 --num_train_shards 256 --dup_factor 10 --num_test_shards 128 --num_workers 32
 
+    # the same over 4 machines: one part each (same flags plus --part K/4), then join the folders
+    python prepare_dataset.py ... --output_dir data/wiki-part0 --part 0/4     # machine 0; 1/4, 2/4, 3/4 likewise
+    python prepare_dataset.py --merge data/wiki-part0 data/wiki-part1 data/wiki-part2 data/wiki-part3 \
+        --output_dir data/wikipedia
+
 Rerunning a killed command resumes it. See ``--help`` for every flag.
 """
 
@@ -30,7 +35,7 @@ def main(argv=None):
     README command) the corpus is the seed's Simple English Wikipedia when the Hub can be reached."""
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args([PrepareArguments], argv)
-    return prepare(apply_defaults(args, seed_default=not argv)).manifest
+    return prepare(args if args.merge else apply_defaults(args, seed_default=not argv)).manifest
 
 
 if __name__ == "__main__":

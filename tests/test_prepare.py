@@ -226,6 +226,30 @@ def test_killed_runs_resume_to_identical_files(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json", "token_counts.json"])
 
 
+def test_parts_prepared_apart_and_merged_are_the_one_run(tiny_shards, tmp_path, capsys):
+    """Three --part runs (as on three machines) and --merge give the bytes and manifest of one whole run."""
+    parts = [tmp_path / f"part{k}" for k in range(3)]
+    for k in (2, 0, 1):
+        manifest = main(["--output_dir", str(parts[k]), *TINY_SHARD_FLAGS, "--part", f"{k}/3"])
+        shards = [int(r["name"].split("_")[-1].split(".")[0]) for r in manifest["files"] if r["split"] == "train"]
+        assert shards and all(s % 4 % 3 == k for s in shards)  # its own train shards only (4 shards x dup 1)
+    whole = read_manifest(tiny_shards)
+    with pytest.raises(SystemExit):
+        main(["--merge", str(parts[0]), str(parts[2]), "--output_dir", str(tmp_path / "bad")])
+    assert "part(s) 1/3 missing" in capsys.readouterr().err
+    merged = main(["--merge", *map(str, reversed(parts)), "--output_dir", str(tmp_path / "merged")])
+    assert _hashes(tmp_path / "merged") == _hashes(tiny_shards)
+    assert (tmp_path / "merged" / "token_counts.json").read_bytes() == (tiny_shards / "token_counts.json").read_bytes()
+    assert merged == {**whole, "args": {**whole["args"], "output_dir": str(tmp_path / "merged")}}
+    assert main(["--merge", *map(str, parts), "--output_dir", str(tmp_path / "merged")]) == merged  # done: no-op
+    # a part of another preparation is refused
+    other = tmp_path / "other1"
+    main(["--output_dir", str(other), *TINY_SHARD_FLAGS, "--part", "1/3", "--masking", "dynamic"])
+    with pytest.raises(SystemExit):
+        main(["--merge", str(parts[0]), str(other), str(parts[2]), "--output_dir", str(tmp_path / "bad")])
+    assert "different settings (differing: masking)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--input_files", "{tmp}/missing.txt"], "input file .*missing.txt does not exist"),
     (["--input_files", "{tmp}/empty.txt"], "no documents found in .*empty.txt"),
@@ -235,6 +259,10 @@ def test_killed_runs_resume_to_identical_files(tmp_path):
     (["--max_seq_length", "4", "--masked_lm_prob", "2", "--max_predictions_per_seq", "2"],
      "invalid arguments \\(2\\).*max_seq_length must be >= 8.*masked_lm_prob must be in"),
     (["--num_train_shards", "5000", "--max_documents", "50"], "train shards would be empty.*lower --num_train_shards"),
+    (["--part", "3/3"], "--part must be K/M with 0 <= K < M"),
+    (["--part", "0/9", "--num_train_shards", "4"], "9 parts need at least that many train shards"),
+    (["--part", "0/2", "--train_tokenizer", "1000"], "would train a vocabulary per part"),
+    (["--merge", "{tmp}/nowhere"], "--merge .*nowhere: no such folder"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, capsys, flags, message):
     (tmp_path / "empty.txt").write_text("\n\n   \n")

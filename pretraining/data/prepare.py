@@ -203,17 +203,28 @@ def _tokenizer_source(args: PrepareArguments, files: list[Path], out: Path) -> O
     return str(trained_tokenizer(out, settings, _train_texts(args, files), args.overwrite, _log))
 
 
+def own_shards(args: PrepareArguments, split: str) -> list[int]:
+    """The indices of the ``split`` shards this run writes: all of them, or those of its --part K/M."""
+    count = args.num_train_shards if split == "train" else args.num_test_shards
+    part = args.part_of()
+    return list(range(count)) if part is None else [s for s in range(count) if s % part[1] == part[0]]
+
+
 def _chunks(documents: Iterator, args: PrepareArguments, store: ChunkStore, tokenizer: TokenizerInfo,
             counts: dict) -> Iterator[tuple]:
-    """Tokenize tasks for the chunks not already in ``store``."""
+    """Tokenize tasks for the chunks not already in ``store`` (with --part: only the part's documents)."""
     phase = _split_phase(args)
     seen = {"train": 0, "test": 0}
     per_chunk = docs_per_chunk(args.max_documents)
+    own = np.array([make_key(split, s) for split in SPLITS for s in own_shards(args, split)], dtype=np.int64)
     for chunk in itertools.count():
         batch = list(itertools.islice(documents, per_chunk))
         if not batch:
             return
         keys = _assign(chunk * per_chunk, len(batch), args, phase, seen)
+        if args.part is not None:  # the assignment counted every document; this part tokenizes its own
+            mine = np.isin(keys, own)
+            batch, keys = [d for d, m in zip(batch, mine) if m], keys[mine]
         counts["chunks"] = chunk + 1
         counts["documents"] = dict(seen)
         if not store.is_complete(chunk):
@@ -275,12 +286,13 @@ def _shard_statistics(store: ChunkStore, num_chunks: int, args: PrepareArguments
             entry[0] += docs
             entry[1] += tokens
     stats = {}
-    for split, shards in (("train", args.num_train_shards), ("test", args.num_test_shards)):
-        per_shard = [totals.get(int(make_key(split, s)), [0, 0]) for s in range(shards)]
-        empty = [s for s, (_, tokens) in enumerate(per_shard) if tokens == 0]
+    for split in SPLITS:
+        shards = own_shards(args, split)
+        per_shard = [totals.get(int(make_key(split, s)), [0, 0]) for s in shards]
+        empty = [s for s, (_, tokens) in zip(shards, per_shard) if tokens == 0]
         if empty:
             raise UserError(
-                f"{len(empty)} of {shards} {split} shards would be empty: the corpus has too few documents "
+                f"{len(empty)} of {len(shards)} {split} shards would be empty: the corpus has too few documents "
                 f"({sum(d for d, _ in per_shard)} {split} documents); lower --num_{split}_shards"
                 + (" or raise --frac_test" if split == "test" else "") + " or use more documents"
             )
@@ -293,7 +305,7 @@ def _shard_statistics(store: ChunkStore, num_chunks: int, args: PrepareArguments
 def _shard_tasks(args: PrepareArguments, out: Path, store: ChunkStore, num_chunks: int) -> list[ShardTask]:
     tasks = []
     for split, shards, dups in (("train", args.num_train_shards, args.dup_factor), ("test", args.num_test_shards, 1)):
-        for shard in range(shards):
+        for shard in own_shards(args, split):
             files = tuple((dup, str(out / shard_name(split, dup * shards + shard))) for dup in range(dups))
             tasks.append(ShardTask(str(store.folder), store.dtype.name, num_chunks, split, shard, files))
     return tasks
@@ -349,7 +361,11 @@ def _build_shards(args: PrepareArguments, out: Path, tokenizer: TokenizerInfo, s
 
 
 def prepare(args: PrepareArguments) -> PrepareResult:
-    """Run the whole pipeline (resuming a killed run into the same folder)."""
+    """Run the whole pipeline (resuming a killed run into the same folder); with --merge, join parts."""
+    if args.merge:
+        from pretraining.data.merge import merge_parts
+
+        return PrepareResult(merge_parts(args.merge, args.output_dir), {})
     args = apply_defaults(args)
     check = ArgumentChecker()
     args.validate(check)

@@ -17,6 +17,15 @@ from pretraining.data.vocab import MIN_VOCAB_SIZE
 MASKING = ("static", "dynamic")
 
 
+def parse_part(text: str) -> Optional[tuple[int, int]]:
+    """``"K/M"`` -> (K, M) when 0 <= K < M and M >= 2; None otherwise."""
+    try:
+        k, m = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        return None
+    return (k, m) if 0 <= k < m and m >= 2 else None
+
+
 @dataclass
 class PrepareArguments:
     """Flags of prepare_dataset.py."""
@@ -96,6 +105,19 @@ class PrepareArguments:
     overwrite: bool = field(
         default=False, metadata={"help": "Delete shards and manifest already in --output_dir, even of other settings"}
     )
+    part: Optional[str] = field(
+        default=None,
+        metadata={"help": "K/M: prepare only part K (0-based) of M, to split the work over M machines: the train "
+                          "and test shards whose index modulo M is K, tokenizing only their documents (the corpus is "
+                          "still read in full); then join the M folders with --merge. The merged folder is "
+                          "byte-identical to one run without --part"},
+    )
+    merge: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Join the folders of every --part K/M run (any order) into --output_dir: the shards are "
+                          "linked or copied and checked against their sha256, one manifest.json and token count "
+                          "file are written; every other flag is ignored", "nargs": "+"},
+    )
 
     def __post_init__(self):
         if isinstance(self.dataset, str):  # one name, e.g. from a JSON file of arguments
@@ -127,6 +149,21 @@ class PrepareArguments:
         check.require(self.train_tokenizer_max_documents is None or self.train_tokenizer_max_documents >= 1,
                       "--train_tokenizer_max_documents must be >= 1")
         check.require(0 <= self.max_unk_fraction <= 1, f"--max_unk_fraction must be in [0, 1] (got {self.max_unk_fraction})")
+        if self.part is not None:
+            part = parse_part(self.part)
+            check.require(part is not None, f"--part must be K/M with 0 <= K < M, M >= 2 (got {self.part!r})")
+            check.require(part is None or part[1] <= self.num_train_shards,
+                          f"--part {self.part}: {part and part[1]} parts need at least that many train shards "
+                          f"(--num_train_shards {self.num_train_shards})")
+            check.require(self.train_tokenizer is None,
+                          "--part with --train_tokenizer would train a vocabulary per part: train it once (a "
+                          "prepare_dataset.py --train_tokenizer N run writes DIR/tokenizer before it starts "
+                          "tokenizing, and may be stopped then), then give every part --tokenizer_name DIR/tokenizer")
+            check.require(not self.merge, "give either --part (one part's run) or --merge (joining the parts), not both")
+
+    def part_of(self) -> Optional[tuple[int, int]]:
+        """(K, M) of --part, or None for a whole run."""
+        return parse_part(self.part) if self.part is not None else None
 
     @property
     def workers(self) -> int:
