@@ -8,6 +8,7 @@ uniformly without replacement; special tokens and padding are never candidates.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +35,18 @@ class MaskedBatch:
 
 
 def replacement_ids(vocab_size: int, special_token_ids) -> np.ndarray:
-    """Token ids used for the 10% random replacements: the vocabulary minus special tokens.
+    """Token ids used for the 10% random replacements: the vocabulary minus special tokens (read-only; computed
+    once per vocabulary, not once per shard file).
 
     A UserError when nothing is left (a vocabulary of special tokens only cannot be pretrained on).
     """
-    ids = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), np.asarray(list(special_token_ids), dtype=np.int64))
+    return _replacement_ids(int(vocab_size), tuple(sorted({int(i) for i in special_token_ids})))
+
+
+@functools.lru_cache(maxsize=8)
+def _replacement_ids(vocab_size: int, special_token_ids: tuple[int, ...]) -> np.ndarray:
+    ids = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), np.asarray(special_token_ids, dtype=np.int64))
+    ids.setflags(write=False)
     if ids.size == 0:
         raise UserError(f"the vocabulary has no ordinary tokens: all {vocab_size} ids are special tokens "
                         f"({sorted(set(int(i) for i in special_token_ids))[:10]}), so masking has nothing to predict "
@@ -75,7 +83,12 @@ def mask_tokens(
 
     scores = rng.random((n_rows, length))
     scores[~candidates] = 2.0  # non-candidates sort last
-    chosen = np.argsort(scores, axis=1, kind="stable")[:, :width]
+    # the `width` lowest scores of each row, lowest first (as a full stable argsort's first `width` columns: the
+    # scores of candidates are distinct floats, and `used` below never reaches past a row's candidates)
+    lowest = np.argpartition(scores, width - 1, axis=1)[:, :width] if width < length else \
+        np.broadcast_to(np.arange(length), (n_rows, length))
+    chosen = np.take_along_axis(lowest, np.argsort(np.take_along_axis(scores, lowest, axis=1), axis=1,
+                                                   kind="stable"), axis=1)
     used = np.arange(width)[None, :] < count[:, None]
     positions = np.sort(np.where(used, chosen, length), axis=1)
     positions = np.where(used, positions, 0)
