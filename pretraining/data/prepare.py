@@ -37,15 +37,13 @@ from pretraining.data.prepare_args import PrepareArguments, apply_defaults, log 
 from pretraining.data.shards import (
     MANIFEST, SPLITS, WORK_DIR, list_shards, load_manifest_file, shard_name,
 )
-from pretraining.data.tokenization import TokenizerInfo, load_tokenizer
+from pretraining.data.tokenization import TokenizerInfo, UnknownTokens, load_tokenizer
 from pretraining.data.tokenization import document_sentences
 from pretraining.data.unigram import COUNTS_FILE, write_counts
 from pretraining.data.vocab import TOKENIZER_DIR, trained_tokenizer, training_settings
 
 TOKENIZED_MARKER = "tokenized.json"
 MAX_DOCS_PER_CHUNK = 1000
-#: the [UNK] share is judged once this many tokens were tokenized (and at the end, for smaller corpora)
-UNK_CHECK_MIN_TOKENS = 20_000
 # Arguments that do not change the output (everything else must match to resume).
 RUNTIME_ONLY = ("output_dir", "num_workers", "overwrite", "cache_dir", "max_unk_fraction")
 WORKER_MODULES = ("pretraining.data.build", "pretraining.data.chunkstore", "tokenizers", "h5py")
@@ -229,33 +227,6 @@ def _chunks(documents: Iterator, args: PrepareArguments, store: ChunkStore, toke
         counts["documents"] = dict(seen)
         if not store.is_complete(chunk):
             yield str(store.folder), store.dtype.name, tokenizer.json, tokenizer.unk_token_id, chunk, batch, keys
-
-
-class UnknownTokens:
-    """The [UNK] share of the tokenized corpus: a tokenizer that does not fit the text (a vocabulary
-    that did not load, another language or script) is refused after the first chunks, not after hours."""
-
-    def __init__(self, max_fraction: float, tokenizer_name: str, min_tokens: int = UNK_CHECK_MIN_TOKENS):
-        self.max_fraction, self.tokenizer_name, self.min_tokens = max_fraction, tokenizer_name, min_tokens
-        self.tokens = self.unknown = 0
-
-    def add(self, tokens: int, unknown: int) -> None:
-        self.tokens += tokens
-        self.unknown += unknown
-        self.check(final=False)
-
-    def check(self, final: bool) -> None:
-        """UserError when the share is above the limit (before ``final``: once enough tokens were seen)."""
-        if not self.tokens or (not final and self.tokens < self.min_tokens):
-            return
-        share = self.unknown / self.tokens
-        if share > self.max_fraction:
-            raise UserError(
-                f"the tokenizer {self.tokenizer_name} maps {share:.1%} of the corpus ({self.unknown:,} of "
-                f"{self.tokens:,} tokens so far) to [UNK], above --max_unk_fraction {self.max_fraction:g}: its "
-                "vocabulary does not fit this text (did the vocabulary load? is the text in another language or "
-                "script, or cased for an uncased vocabulary?). Use a tokenizer made for this corpus, e.g. "
-                "--train_tokenizer 8192, or raise --max_unk_fraction if this is expected")
 
 
 def _tokenize_corpus(args: PrepareArguments, files: list[Path], tokenizer: TokenizerInfo, store: ChunkStore,

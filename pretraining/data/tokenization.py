@@ -22,6 +22,9 @@ from pretraining.errors import UserError
 from pretraining.data.text import clean_text, split_sentences
 from pretraining.data.wikitext import strip_wikitext
 
+#: the [UNK] share is judged once this many tokens were tokenized (and at the end, for smaller corpora)
+UNK_CHECK_MIN_TOKENS = 20_000
+
 
 @dataclass(frozen=True)
 class TokenizerInfo:
@@ -183,3 +186,30 @@ def tokenize_documents(tokenizer_json: str, documents: Sequence, dtype=np.int32)
         sentence_lengths=lengths[keep].astype(np.int32),
         document_sentences=np.bincount(owner[keep], minlength=len(per_document)).astype(np.int32),
     )
+
+
+class UnknownTokens:
+    """The [UNK] share of the tokenized corpus: a tokenizer that does not fit the text (a vocabulary
+    that did not load, another language or script) is refused after the first chunks, not after hours."""
+
+    def __init__(self, max_fraction: float, tokenizer_name: str, min_tokens: int = UNK_CHECK_MIN_TOKENS):
+        self.max_fraction, self.tokenizer_name, self.min_tokens = max_fraction, tokenizer_name, min_tokens
+        self.tokens = self.unknown = 0
+
+    def add(self, tokens: int, unknown: int) -> None:
+        self.tokens += tokens
+        self.unknown += unknown
+        self.check(final=False)
+
+    def check(self, final: bool) -> None:
+        """UserError when the share is above the limit (before ``final``: once enough tokens were seen)."""
+        if not self.tokens or (not final and self.tokens < self.min_tokens):
+            return
+        share = self.unknown / self.tokens
+        if share > self.max_fraction:
+            raise UserError(
+                f"the tokenizer {self.tokenizer_name} maps {share:.1%} of the corpus ({self.unknown:,} of "
+                f"{self.tokens:,} tokens so far) to [UNK], above --max_unk_fraction {self.max_fraction:g}: its "
+                "vocabulary does not fit this text (did the vocabulary load? is the text in another language or "
+                "script, or cased for an uncased vocabulary?). Use a tokenizer made for this corpus, e.g. "
+                "--train_tokenizer 8192, or raise --max_unk_fraction if this is expected")
