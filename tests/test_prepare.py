@@ -248,6 +248,13 @@ def test_parts_prepared_apart_and_merged_are_the_one_run(tiny_shards, tmp_path, 
     with pytest.raises(SystemExit):
         main(["--merge", str(parts[0]), str(other), str(parts[2]), "--output_dir", str(tmp_path / "bad")])
     assert "different settings (differing: masking)" in capsys.readouterr().err
+    # a shard damaged since its part wrote it is refused, and nothing lands under its final name
+    damaged = next(parts[1].glob("train_shard_*.hdf5"))
+    damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(SystemExit):
+        main(["--merge", *map(str, parts), "--output_dir", str(tmp_path / "again")])
+    assert f"{damaged} does not match the sha256" in capsys.readouterr().err
+    assert not (tmp_path / "again" / damaged.name).exists() and not (tmp_path / "again" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("flags, message", [
