@@ -6,10 +6,11 @@ import bz2
 import gzip
 import json
 
+import numpy as np
 import pytest
 
 from pretraining.data.corpus import (
-    expand_input_files, iter_dataset_texts, iter_documents, offline_wikipedia, read_files,
+    expand_input_files, iter_dataset_texts, iter_documents, offline_wikipedia, read_files, read_parquet,
 )
 from pretraining.errors import UserError
 from pretraining.resources import mediawiki_dump
@@ -48,6 +49,27 @@ def test_json_jsonl_parquet_and_compressed_files(tmp_path):
     (tmp_path / "ignored.csv").write_text("not read")
     assert _texts([tmp_path]) == ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                                   "eleven"]
+
+
+def test_parquet_is_read_one_row_group_at_a_time(tmp_path):
+    """Memory of a Parquet corpus stays at one row group's, whatever the file's size (pyarrow's pre_buffer kept
+    every row group read so far: 1 GiB for a 2 GiB corpus)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "big.parquet"
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     ", dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as writer:
+        for _ in range(100):  # 100 row groups of ~200 kB of random text (it barely compresses): 20 MB in all
+            rows = letters[rng.integers(0, len(letters), size=(1000, 200))]
+            writer.write_table(pa.table({"text": [row.tobytes().decode() for row in rows]}))
+    before, peak, count = pa.total_allocated_bytes(), 0, 0
+    for text, _ in read_parquet(path):
+        count += 1
+        if count % 1000 == 0:
+            peak = max(peak, pa.total_allocated_bytes() - before)
+    assert count == 100_000 and peak < 4_000_000, peak
 
 
 def test_named_datasets(tmp_path):

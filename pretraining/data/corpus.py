@@ -142,7 +142,9 @@ def read_parquet(path: Path) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        # pre_buffer (pyarrow's default) keeps every row group it read until the file is closed: memory grew
+        # with the corpus (1 GiB for a 2 GiB file); without it one row group at a time is held
+        parquet = pq.ParquetFile(path, pre_buffer=False)
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise UserError(f"{path} is not a readable Parquet file ({exc})") from None
     if "text" not in parquet.schema_arrow.names:
