@@ -318,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
 @run_main
 def main(argv=None) -> Path:
     """Convert ``source`` into ``output``; returns the output folder."""
-    from pretraining.data.tokenization import open_tokenizer
+    from pretraining.data.tokenization import has_tokenizer_files, open_tokenizer
     from pretraining.export import academic_files
     from pretraining.modeling import BertForPreTraining, export_pretrained
 
@@ -328,8 +328,8 @@ def main(argv=None) -> Path:
         raise UserError(f"{source} is not a checkpoint folder (no config.json)")
     model, info = BertForPreTraining.from_pretrained(str(source), output_loading_info=True)
     check_loading(info["missing_keys"], info["unexpected_keys"], str(source))
-    has_tokenizer = any((source / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
-    tokenizer = open_tokenizer(str(source), f"fix or remove the tokenizer files in {source}") if has_tokenizer else None
+    tokenizer = open_tokenizer(str(source), f"fix or remove the tokenizer files in {source}") \
+        if has_tokenizer_files(source) else None
     if args.to == "transformers":
         export_pretrained(model, tokenizer, out)
     else:

@@ -21,7 +21,7 @@ import numpy as np
 from pretraining.atomic import remove, sha256_file, temporary_path, write_json_atomic
 from pretraining.data.chunkstore import SPLIT_CODES
 from pretraining.data.prepare_args import log, parse_part
-from pretraining.data.shards import MANIFEST, SPLITS, load_manifest_file, read_manifest
+from pretraining.data.shards import MANIFEST, SPLITS, differing_settings, load_manifest_file, read_manifest
 from pretraining.data.unigram import COUNTS_FILE, read_counts, write_counts
 from pretraining.errors import UserError
 
@@ -66,7 +66,7 @@ def _check_same_preparation(parts) -> None:
     ref = reference["settings"]
     for _, folder, manifest in parts[1:]:
         settings = manifest["settings"]
-        differ = sorted(k for k in set(ref) | set(settings) if k not in PART_SETTINGS and ref.get(k) != settings.get(k))
+        differ = differing_settings(ref, settings, PART_SETTINGS)
         sizes = [[f.get("bytes") for f in s.get("input_files") or []] for s in (ref, settings)]
         if sizes[0] != sizes[1]:
             differ.append("input_files (their sizes)")
@@ -122,7 +122,7 @@ def merge_parts(folders: Sequence[str], output_dir) -> dict:
             token_counts = counts if token_counts is None else token_counts + counts
     records.sort(key=lambda r: (SPLIT_CODES[r["split"]], r["name"]))
 
-    merged = {key: value for key, value in parts[0][2].items()}
+    merged = dict(parts[0][2])
     merged["settings"] = {**merged["settings"], "part": None}
     merged["args"] = {**merged["args"], "part": None, "output_dir": str(out)}
     merged["counts"] = {split: {key: sum(m["counts"].get(split, {}).get(key, 0) for _, _, m in parts)

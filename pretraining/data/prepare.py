@@ -35,7 +35,7 @@ from pretraining.data.chunkstore import SPLIT_CODES, ChunkStore, make_key, token
 from pretraining.data.parallel import Workers
 from pretraining.data.prepare_args import PrepareArguments, apply_defaults, log as _log
 from pretraining.data.shards import (
-    MANIFEST, SPLITS, WORK_DIR, list_shards, load_manifest_file, shard_name,
+    MANIFEST, SPLITS, WORK_DIR, differing_settings, list_shards, load_manifest_file, shard_name,
 )
 from pretraining.data.tokenization import TokenizerInfo, UnknownTokens, load_tokenizer
 from pretraining.data.tokenization import document_sentences
@@ -107,7 +107,7 @@ def _refuse_other_settings(out: Path, settings: dict, overwrite: bool) -> None:
         manifest = load_manifest_file(path)
         old = (manifest or {}).get("settings") or {}
         ignored = set() if "tokenizer_sha256" in settings else set(TOKENIZER_SETTINGS)
-        differ = sorted(k for k in (set(settings) | set(old)) - ignored if old.get(k) != settings.get(k))
+        differ = differing_settings(old, settings, ignored)
         if manifest is not None and differ:
             raise UserError(f"{out} holds a dataset made with other settings (differing: {', '.join(differ)}); "
                             f"use another --output_dir, or --overwrite to replace it")

@@ -184,6 +184,11 @@ def load_manifest_file(path) -> Optional[dict]:
     return data
 
 
+def differing_settings(old: dict, new: dict, ignore=()) -> list[str]:
+    """The keys (sorted) whose values differ between two manifests' ``settings``, ``ignore`` left out."""
+    return sorted(k for k in (set(old) | set(new)) - set(ignore) if old.get(k) != new.get(k))
+
+
 def read_manifest(dataset_path) -> Optional[dict]:
     """The manifest of a finished dataset, or None for shards without one (academic-budget-bert's).
 

@@ -74,6 +74,15 @@ def _lowercases(normalizer: Optional[dict]) -> bool:
     return normalizer.get("type") == "Lowercase"
 
 
+#: files of which one marks a folder that holds a saved tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def has_tokenizer_files(folder) -> bool:
+    """True when ``folder`` holds a saved tokenizer (one of :data:`TOKENIZER_FILES`)."""
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def open_tokenizer(source: str, hint: str, cache_dir: Optional[str] = None, failed: str = "could not be loaded"):
     """transformers' fast tokenizer from a folder or Hub name, never running remote code; a UserError saying
     ``tokenizer SOURCE <failed> (<cause>); <hint>`` when it cannot be loaded. The one place tokenizers load."""

@@ -88,11 +88,11 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
 
 def checkpoint_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
     """The (fast) tokenizer saved with a checkpoint, or a Hub tokenizer name."""
-    from pretraining.data.tokenization import open_tokenizer
+    from pretraining.data.tokenization import has_tokenizer_files, open_tokenizer
 
     path = Path(name_or_path)
     _check_local_path(name_or_path, "tokenizer folder", "--tokenizer_name")
-    if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+    if path.is_dir() and not has_tokenizer_files(path):
         raise UserError(f"{path} holds no tokenizer (tokenizer.json or vocab.txt); pass --tokenizer_name")
     return open_tokenizer(name_or_path, "pass --tokenizer_name", cache_dir=cache_dir)
 
