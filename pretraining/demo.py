@@ -219,7 +219,7 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
               "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.num_hidden_layers),
               "--num_attention_heads", str(args.num_attention_heads), "--intermediate_size", str(args.intermediate_size),
               "--max_position_embeddings", str(max(args.max_seq_length, args.finetune_max_seq_length)),
-              *RECIPE_FLAGS, "--masked_lm_prob", str(args.masked_lm_prob),
+              *RECIPE_FLAGS,  # the masking rate comes from the shards' manifest (the prepare stage's flag)
               "--total_training_time", hours, "--early_exit_time_marker", hours,
               "--train_batch_size", str(args.train_batch_size),
               "--train_micro_batch_size_per_gpu", str(args.train_batch_size),

@@ -117,7 +117,9 @@ class Pretraining:
 
     def _args_record(self) -> dict:
         return {**self.config.as_dict(), "precision": self.config.backend.precision,
-                "world_size": self.dist.world_size}
+                "world_size": self.dist.world_size,  # and the masking trained with (flag, else the manifest's)
+                "masked_lm_prob": self.collate.masked_lm_prob,
+                "max_predictions_per_seq": self.collate.max_predictions_per_seq}
 
     def _resume(self, candidates: list[Path], notices: list[str]) -> Path:
         """Restore the first candidate that verifies (a corrupt latest one falls back, with a notice)."""

@@ -267,6 +267,9 @@ def test_masking_comes_from_the_manifest_and_static_shards_refuse_a_contradictin
     # the shards were prepared with --max_predictions_per_seq 10 (and the default 0.15): training uses that
     settings, notices = collator(dataset=tiny_shards_dynamic)
     assert settings == (0.15, 10) and not any("manifest.json" in n for n in notices)
+    trained = run(pretrain_flags("--max_steps", "1", job="recorded", dataset=tiny_shards_dynamic))
+    recorded = json.loads((trained.run_dir / "args.json").read_text())
+    assert (recorded["masked_lm_prob"], recorded["max_predictions_per_seq"]) == (0.15, 10)  # what it trained with
     settings, notices = collator("--masked_lm_prob", "0.3", dataset=tiny_shards_dynamic)
     assert settings == (0.3, 10) and any("--masked_lm_prob 0.3 replaces the 0.15" in n for n in notices)
     assert collator("--max_predictions_per_seq", "10", dataset=tiny_shards)[0] == (0.15, 10)  # agrees: fine
