@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from pretraining.demo import OPTIMIZER_FLAGS, RECIPE_FLAGS  # noqa: E402
 
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", "DS_ACCELERATOR": "cpu"}
+       "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 SMALL = ["--hidden_size", "128", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--intermediate_size", "512"]
 #: the demo's pretraining recipe: its RECIPE_FLAGS, AdamW's LR, masking 0.3, batch 64 (a step schedule replaces
 #: its time schedule in _pretrain: later flags win)

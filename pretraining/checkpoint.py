@@ -41,7 +41,10 @@ TMP_PREFIX = ".tmp-"
 
 
 def rng_state() -> dict:
-    """This process's RNG states (python, numpy, torch, CUDA) in a weights_only-loadable form."""
+    """This process's RNG states (python, numpy, torch, and its own CUDA device's) in a weights_only-loadable form.
+
+    Only the current device's CUDA generator: a rank trains on one GPU, and a resume may see fewer GPUs per
+    process than the run that saved (``get_rng_state_all`` would then fail to restore)."""
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -50,7 +53,7 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device (setup_distributed set it per rank)
     return state
 
 
@@ -62,7 +65,12 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints before 2026-12 saved every visible GPU's state
+            device = torch.cuda.current_device()
+            cuda = cuda[device] if device < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 class CorruptCheckpoint(UserError):

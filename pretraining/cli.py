@@ -66,6 +66,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     for action in parser._actions:  # argparse formats help with %: a literal "0.1%" would break --help
         if action.help and "%" in action.help:
             action.help = action.help.replace("%", "%%")
+    argv, launcher_rank = _launcher_local_rank(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         path = Path(argv[0])
         if not path.is_file():
@@ -74,11 +75,27 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"argument file {path} is not valid JSON: {exc}") from None
+        if launcher_rank is not None:
+            data = {**data, "local_rank": launcher_rank}
         return parser.parse_dict(data, allow_extra_keys=False)
+    if launcher_rank is not None:
+        argv = [f"--local_rank={launcher_rank}", *argv]
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as exc:  # HfArgumentParser reports leftover flags this way
         raise UserError(str(exc)) from None
+
+
+def _launcher_local_rank(argv: list[str]) -> tuple[list[str], int | None]:
+    """``argv`` without the ``--local_rank=N`` the deepspeed launcher puts first, and N (None when absent).
+
+    ``deepspeed run_pretraining.py args.json`` runs ``run_pretraining.py --local_rank=0 args.json``: without this,
+    the JSON file would not be the single argument and parsing would fail."""
+    if argv and argv[0].startswith("--local_rank="):
+        value = argv[0].split("=", 1)[1]
+        if value.lstrip("-").isdigit():
+            return argv[1:], int(value)
+    return argv, None
 
 
 def asdict(*instances) -> dict:

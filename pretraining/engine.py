@@ -35,13 +35,18 @@ from pretraining.errors import UserError
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# DeepSpeed's dynamic loss scaling as academic-budget-bert configured it.
-DEEPSPEED_PRECISION = {
-    "fp32": {},
-    "bf16": {"bf16": {"enabled": True}},
-    "fp16": {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
-                      "hysteresis": 2, "min_loss_scale": 1}},
-}
+
+
+def deepspeed_precision(ds_args) -> dict:
+    """DeepSpeed's precision keys; fp16 is dynamic loss scaling as academic-budget-bert configured it (start
+    2**--initial_scale_power, double after --loss_scale_window clean updates, hysteresis 2, minimum 1)."""
+    if ds_args.precision == "bf16":
+        return {"bf16": {"enabled": True}}
+    if ds_args.precision == "fp16":
+        return {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": ds_args.initial_scale_power,
+                         "loss_scale_window": ds_args.loss_scale_window, "hysteresis": 2, "min_loss_scale": 1}}
+    return {}
+
 # Keys a --deepspeed_config file may not set: the flags own the optimizer and the schedule.
 FORBIDDEN_DEEPSPEED_KEYS = {"optimizer": "--optimizer_type and its flags", "scheduler": "--lr_schedule and its flags"}
 
@@ -84,6 +89,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def deepspeed_accelerator(cuda_available: bool) -> str:
+    """The DeepSpeed accelerator for this hardware: ``cuda`` on a CUDA GPU, else its ``cpu`` accelerator.
+
+    DeepSpeed reads ``DS_ACCELERATOR`` when it is set (a user's choice is kept); where it is not, processes of
+    this project set it from the hardware before DeepSpeed is imported, never to ``cpu`` on a GPU machine (then
+    FusedLamb, fp16 and the placement of the model on the GPU break)."""
+    return "cuda" if cuda_available else "cpu"
+
+
+def pick_device(local_rank: int, cuda_available: bool, visible_gpus: int, cuda_visible: str | None) -> torch.device:
+    """The device of the process with ``local_rank``: GPU ``local_rank`` among the visible ones, else the CPU.
+
+    More processes on a node than visible GPUs (``NUM_GPUS`` above the count ``CUDA_VISIBLE_DEVICES`` leaves, or
+    ``--nproc_per_node`` too high) is a UserError naming both numbers, not CUDA's "invalid device ordinal"."""
+    if not cuda_available:
+        return torch.device("cpu")
+    if not 0 <= local_rank < visible_gpus:
+        where = f"CUDA_VISIBLE_DEVICES={cuda_visible!r}" if cuda_visible is not None else "this node"
+        raise UserError(f"local rank {local_rank} has no GPU: {where} leaves {visible_gpus} visible GPU(s); start "
+                        f"at most {visible_gpus} process(es) per node (NUM_GPUS / --nproc_per_node / --num_gpus)")
+    return torch.device("cuda", local_rank)
+
+
 def setup_distributed(use_deepspeed: bool, local_rank: int = -1, timeout_s: float = 1800) -> DistInfo:
     """Initialise the process group the engine needs and pick the device.
 
@@ -96,12 +124,13 @@ def setup_distributed(use_deepspeed: bool, local_rank: int = -1, timeout_s: floa
     timeout = datetime.timedelta(seconds=timeout_s)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", max(local_rank, 0)))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local)
+    cuda = torch.cuda.is_available()
+    device = pick_device(local, cuda, torch.cuda.device_count() if cuda else 0,
+                         os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if use_deepspeed:
+        os.environ.setdefault("DS_ACCELERATOR", deepspeed_accelerator(cuda))
         if "RANK" not in os.environ:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local), MASTER_ADDR="127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
@@ -153,7 +182,7 @@ def deepspeed_config(ds_args, *, train_batch_size: int, micro_batch: int, grad_a
         "prescale_gradients": ds_args.prescale_gradients,
         "zero_optimization": {"stage": ds_args.zero_stage},
         "zero_allow_untested_optimizer": True,
-        **DEEPSPEED_PRECISION[ds_args.precision],
+        **deepspeed_precision(ds_args),
     }
     if ds_args.gradient_predivide_factor is not None:
         config["gradient_predivide_factor"] = ds_args.gradient_predivide_factor
@@ -167,7 +196,20 @@ def deepspeed_config(ds_args, *, train_batch_size: int, micro_batch: int, grad_a
         if bad:
             raise UserError(f"--deepspeed_config {path} may not set {', '.join(bad)}: remove it from the file")
         config = _deep_merge(config, override)
+    if ds_args.precision == "bf16" and config["zero_optimization"].get("stage") == 1:
+        # DeepSpeed's BF16_Optimizer: fp32 master weights and fp32 gradient accumulation (without this key ZeRO 1
+        # sums the micro-batches' gradients in bf16); a file's own data_types wins
+        config.setdefault("data_types", {"grad_accum_dtype": "fp32"})
     return config
+
+
+def bf16_accumulation_notice(ds_args, grad_accum: int) -> str | None:
+    """Where DeepSpeed would sum bf16 gradients in bf16 (ZeRO 0 or 2, several micro-batches): a notice saying so."""
+    if not (ds_args.deepspeed and ds_args.precision == "bf16" and grad_accum > 1 and ds_args.zero_stage != 1):
+        return None
+    return (f"--deepspeed --bf16 at --zero_stage {ds_args.zero_stage}: DeepSpeed sums the gradients of the "
+            f"{grad_accum} micro-batches of a step in bf16 (it supports fp32 accumulation only at ZeRO stage 1): "
+            "use --zero_stage 1, or the torch engine (no --deepspeed), which accumulates in fp32")
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -182,7 +224,8 @@ class TorchEngine:
     """Plain torch: autocast for bf16/fp16, GradScaler for fp16, DDP when world_size > 1."""
 
     def __init__(self, model, optimizer, *, dist_info: DistInfo, precision: str, grad_accum: int,
-                 micro_batch: int, gradient_clipping: float):
+                 micro_batch: int, gradient_clipping: float, initial_scale_power: int = 16,
+                 loss_scale_window: int = 1000):
         self.module = model.to(dist_info.device)
         self.optimizer = optimizer
         self.device = dist_info.device
@@ -191,7 +234,8 @@ class TorchEngine:
         self.micro_batch = micro_batch
         self.clip = gradient_clipping
         self._dtype = AUTOCAST_DTYPES[precision]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** initial_scale_power,
+                                           growth_interval=loss_scale_window, enabled=precision == "fp16")
         self._micro = 0
         self.sharded = False
         self.network = self.module
@@ -308,6 +352,11 @@ class DeepSpeedEngine:
         self.ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         if type(self.ds.checkpoint_engine) is TorchCheckpointEngine:
             self.ds.checkpoint_engine = _weights_only_checkpoint_engine(self.ds._config)
+        scaler = getattr(self.ds.optimizer, "loss_scaler", None)
+        if getattr(scaler, "raise_error_at_min_scale", False):
+            # ZeRO 1/2's DynamicLossScaler raises a bare Exception on an overflow at the minimum scale (after ~18
+            # overflows in a row); keep skipping instead, so the loop's --scale_cnt_limit ends the run cleanly
+            scaler.raise_error_at_min_scale = False
         self.module = self.ds.module
         self.optimizer = optimizer
         self.device = self.ds.device
@@ -315,12 +364,26 @@ class DeepSpeedEngine:
         self.grad_accum = self.ds.gradient_accumulation_steps()
         self.micro_batch = self.ds.train_micro_batch_size_per_gpu()
         self.sharded = self.ds.zero_optimization_stage() > 0  # optimizer state split over the ranks
+        # fp16 without ZeRO: DeepSpeed's FP16 optimizers unscale the gradients by the loss scale in step(), but
+        # DeepSpeed 0.19's engine.backward() does not scale the loss (deepspeedai/DeepSpeed PR #8393): every update
+        # would be ~65536x too small and training would stall (measured: loss flat, scale never backing off)
+        self._scale_fp16_loss = precision == "fp16" and not self.sharded and \
+            getattr(self.ds.optimizer, "loss_scale", None) is not None
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.ds(**batch).loss
 
     def backward(self, loss: torch.Tensor) -> None:
+        if self._scale_fp16_loss:
+            loss.register_hook(self._apply_loss_scale)
         self.ds.backward(loss)
+
+    def _apply_loss_scale(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient reaching the loss: times the loss scale where DeepSpeed left it unscaled (1/accumulation
+        steps exactly); unchanged where a DeepSpeed that scales the loss itself already did."""
+        scale = float(self.ds.optimizer.loss_scale)
+        unscaled = torch.equal(grad, torch.full_like(grad, 1.0 / self.grad_accum))
+        return grad * scale if unscaled and scale != 1.0 else grad
 
     def step(self) -> bool | None:
         boundary = self.ds.is_gradient_accumulation_boundary()
@@ -392,11 +455,18 @@ class DeepSpeedEngine:
 
 
 def build_engine(model, optimizer, *, ds_args, dist_info: DistInfo, train_batch_size: int, micro_batch: int,
-                 grad_accum: int):
+                 grad_accum: int, optimizer_type: str):
     """DeepSpeedEngine with ``--deepspeed``, else TorchEngine; both see the same flags."""
     if ds_args.deepspeed:
+        from pretraining.optimizers import zero_sharding_problem
+
         config = deepspeed_config(ds_args, train_batch_size=train_batch_size, micro_batch=micro_batch,
                                   grad_accum=grad_accum)
+        problem = zero_sharding_problem(optimizer_type, int(config.get("zero_optimization", {}).get("stage", 0)))
+        if problem:  # the stage may come from a --deepspeed_config file
+            raise UserError(f"{problem} (the stage comes from --deepspeed_config {ds_args.deepspeed_config})"
+                            if ds_args.deepspeed_config else problem)
         return DeepSpeedEngine(model, optimizer, dist_info=dist_info, precision=ds_args.precision, config=config)
     return TorchEngine(model, optimizer, dist_info=dist_info, precision=ds_args.precision, grad_accum=grad_accum,
-                       micro_batch=micro_batch, gradient_clipping=ds_args.gradient_clipping)
+                       micro_batch=micro_batch, gradient_clipping=ds_args.gradient_clipping,
+                       initial_scale_power=ds_args.initial_scale_power, loss_scale_window=ds_args.loss_scale_window)

@@ -54,6 +54,29 @@ def fused_lamb_problem(optimizer_type: str, use_fused: bool | None) -> str | Non
     return None
 
 
+#: optimizers whose update of a tensor depends on the whole tensor (not element by element), and why ZeRO breaks it
+PER_TENSOR_RULES = {
+    "lamb": "LAMB scales each layer's update by the ratio of that layer's weight norm to its update norm",
+    "adafactor": "Adafactor factors each matrix's second moment into its row and column means",
+}
+
+
+def zero_sharding_problem(optimizer_type: str, zero_stage: int) -> str | None:
+    """ZeRO stage 1 or 2 with an optimizer whose rule is per tensor: the problem, else None.
+
+    ZeRO > 0 flattens each parameter group into one vector and gives each rank a slice of it; the optimizer then
+    steps on that slice as if it were one tensor. An element-wise rule (Adam, AdamW, SGD) computes the same update;
+    a per-tensor rule computes it over slices that cut across layers, so the update changes with the world size.
+    (DeepSpeed itself refuses untested optimizers under ZeRO; this project allows the element-wise ones it tests.)
+    """
+    why = PER_TENSOR_RULES.get(str(optimizer_type).lower())
+    if not zero_stage or why is None:
+        return None
+    return (f"--optimizer_type {optimizer_type} cannot run under ZeRO stage {zero_stage}: {why}, and ZeRO stages 1-2 "
+            "flatten every parameter group into one vector sliced across ranks, so the rule would be computed over "
+            "slices that cut across layers (and change with the number of GPUs). Use --zero_stage 0 (or adam/adamw)")
+
+
 class Lamb(torch.optim.Optimizer):
     """LAMB with the exact update of DeepSpeed's FusedLamb (academic-budget-bert's optimizer).
 

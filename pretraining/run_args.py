@@ -85,6 +85,14 @@ class EngineArguments:
         metadata={"help": "Mixed precision fp16 with dynamic loss scaling (needs a CUDA GPU)"},
     )
     bf16: bool = field(default=False, metadata={"help": "Mixed precision bfloat16 (GPU or CPU; no loss scaling)"})
+    initial_scale_power: int = field(
+        default=16, metadata={"help": "fp16: the dynamic loss scale starts at 2**this (both engines)"}
+    )
+    loss_scale_window: int = field(
+        default=1000,
+        metadata={"help": "fp16: the loss scale doubles after this many updates in a row without an overflow and "
+                          "halves on an overflow (both engines; DeepSpeed also waits out a hysteresis of 2)"},
+    )
     gradient_clipping: float = field(
         default=1.0, metadata={"help": "Clip the global gradient norm to this value; 0 turns clipping off"}
     )
@@ -123,6 +131,8 @@ class EngineArguments:
     def validate(self, check: ArgumentChecker) -> None:
         check.require(not (self.fp16 and self.bf16), "--fp16 and --bf16 exclude each other: pick one")
         check.require(self.gradient_clipping >= 0, "--gradient_clipping must be >= 0 (0 = off)")
+        check.require(0 <= self.initial_scale_power <= 64, "--initial_scale_power must be in [0, 64]")
+        check.require(self.loss_scale_window > 0, "--loss_scale_window must be > 0")
         check.require(self.deepspeed or self.zero_stage == 0, "--zero_stage needs --deepspeed")
         check.require(self.deepspeed or not self.deepspeed_config, "--deepspeed_config needs --deepspeed")
         check.require(not self.deepspeed_config or os.path.isfile(self.deepspeed_config),

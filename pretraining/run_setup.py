@@ -112,7 +112,8 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
     optimizer = build_optimizer(model, config.optimizer, use_fused=config.backend.fused_optimizer)
     scheduler = build_scheduler(optimizer, config.scheduler, total_steps=run.max_steps)
     engine = build_engine(model, optimizer, ds_args=config.backend, dist_info=dist, train_batch_size=run.train_batch_size,
-                          micro_batch=run.train_micro_batch_size_per_gpu, grad_accum=grad_accum)
+                          micro_batch=run.train_micro_batch_size_per_gpu, grad_accum=grad_accum,
+                          optimizer_type=config.optimizer.optimizer_type)
 
     torch.manual_seed(run.seed + dist.rank)  # dropout differs across ranks
     loader = ShardLoader(train_shards, read=read, collate=collate, micro_batch=engine.micro_batch,

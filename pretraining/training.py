@@ -196,10 +196,10 @@ class Pretraining:
         if progress.step % self.config.run.print_steps == 0:
             self._log_train(lr)
         if progress.skipped_in_a_row >= self.config.run.scale_cnt_limit:
-            self.logger.print(f"error: the fp16 loss scaler skipped {progress.skipped_in_a_row} updates in a row "
-                              f"({progress.skipped_steps} in total) at step {progress.step} "
-                              "(overflowing gradients): stopping; lower --lr or enable --gradient_clipping")
-            return StopReason.NONFINITE_LOSS
+            return self._nonfinite(f"the fp16 loss scaler skipped {progress.skipped_in_a_row} updates in a row "
+                                   f"(--scale_cnt_limit; {progress.skipped_steps} in total, loss scale now "
+                                   f"{engine.loss_scale:g}): the gradients overflow at every scale", lr,
+                                   step=progress.step, applied="skipped those updates")
         return self.should_stop()
 
     def should_stop(self) -> StopReason | None:
@@ -236,13 +236,14 @@ class Pretraining:
             return {}
         return {"loss_scale": self.engine.loss_scale, "skipped_steps": self.progress.skipped_steps}
 
-    def _nonfinite(self, what: str, lr: float) -> StopReason:
+    def _nonfinite(self, what: str, lr: float, step: int | None = None,
+                   applied: str = "stopped before applying that update") -> StopReason:
         good = list_checkpoints(self.ckpt_root)
         where = (f"the last good checkpoint is {good[-1]} (resume with --load_training_checkpoint {self.run_dir} "
                  f"--load_checkpoint_id {good[-1].name})") if good else "no checkpoint was saved before it"
-        self.logger.print(f"error: {what} at step {self.progress.step + 1} (lr {lr:.3e}); "
-                          f"stopped before applying that update and saved nothing; {where}. Lower --lr, set "
-                          "--gradient_clipping, or lengthen the warmup")
+        step = self.progress.step + 1 if step is None else step
+        self.logger.print(f"error: {what} at step {step} (lr {lr:.3e}); {applied} and saved nothing; {where}. "
+                          "Lower --lr, set --gradient_clipping, or lengthen the warmup")
         return StopReason.NONFINITE_LOSS
 
     # --- epoch ends and the end ----------------------------------------------------------------------------

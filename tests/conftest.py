@@ -22,8 +22,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# DeepSpeed on the CPU: its accelerator and a persistent cache for its JIT ops.
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# DeepSpeed's accelerator follows the hardware (its CPU accelerator here, CUDA on a GPU machine; a value set
+# before the tests is kept) and a persistent cache for its JIT ops.
+from pretraining.engine import deepspeed_accelerator  # noqa: E402  (after ROOT is importable)
+import torch  # noqa: E402
+
+os.environ.setdefault("DS_ACCELERATOR", deepspeed_accelerator(torch.cuda.is_available()))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
 
 
@@ -146,6 +150,22 @@ def deepspeed_ready():
     from pretraining.engine import setup_distributed
 
     return setup_distributed(use_deepspeed=True)  # DeepSpeed's comm backend builds (or loads) the op here
+
+
+@pytest.fixture
+def fp16_on_cpu(monkeypatch, request):
+    """fp16 allowed on this CPU machine, for the run's check and (tests parametrized with an ``engine`` naming
+    deepspeed) for DeepSpeed's CPU accelerator, whose fp16 probe asks oneDNN; torch's CPU kernels compute fp16."""
+    import pretraining.engine
+
+    monkeypatch.setattr(pretraining.engine, "check_precision_supported", lambda precision: None)
+    if "deepspeed" in request.node.callspec.params.get("engine", ""):
+        request.getfixturevalue("deepspeed_ready")
+        from deepspeed.accelerator import get_accelerator
+
+        monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: True)
+        monkeypatch.setattr(type(get_accelerator()), "supported_dtypes",
+                            lambda self: [torch.float, torch.half, torch.bfloat16])
 
 
 # --- glue section -------------------------------------------------------------

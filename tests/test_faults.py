@@ -357,25 +357,38 @@ def test_nonfinite_loss_or_gradients_stop_and_keep_the_last_good_checkpoint(engi
     assert not (result.run_dir / "pretrained").exists()
 
 
-def test_fp16_overflows_are_skipped_counted_and_stop_after_scale_cnt_limit(pretrain_flags, single_thread,
-                                                                           monkeypatch, capsys):
-    """torch's GradScaler on the CPU (only the run's GPU check is bypassed): the fp16 code path of the loop."""
-    import pretraining.engine
+@pytest.mark.parametrize("engine", ["torch", "deepspeed-zero0", "deepspeed-zero1"])
+def test_fp16_overflows_are_skipped_counted_and_stop_after_scale_cnt_limit(engine, fp16_on_cpu, pretrain_flags,
+                                                                           single_thread, monkeypatch, capsys):
+    """Gradients that overflow at every scale from step 4 on: every update is skipped and counted, the scale backs
+    off to DeepSpeed's minimum of 1 (where ZeRO 1's loss scaler used to raise a bare Exception), and the run stops
+    at --scale_cnt_limit with one error naming the step and the last good checkpoint."""
     from pretraining.training import PretrainingConfig, pretrain
+    from tests.test_loss_scaling import ENGINES
 
-    monkeypatch.setattr(pretraining.engine, "check_precision_supported", lambda precision: None)
-    inject(monkeypatch, from_call=7, into="grad", value=float("inf"))  # steps 4, 5, 6 overflow
-    result = pretrain(PretrainingConfig.parse(pretrain_flags("--fp16", "--scale_cnt_limit", "3", "--max_steps", "20")))
-    assert result.end["reason"] == "nonfinite_loss" and result.end["step"] == 6
-    assert result.end["skipped_steps"] == 3 and result.end["loss_scale"] == 2.0 ** 16 / 8
+    inject(monkeypatch, from_call=7, into="grad", value=float("inf"))  # step 4 on (2 micro-batches a step)
+    result = pretrain(PretrainingConfig.parse(pretrain_flags(
+        "--fp16", *ENGINES[engine], "--initial_scale_power", "2", "--scale_cnt_limit", "6", "--max_steps", "30",
+        "--max_steps_per_epoch", "2", "--num_epochs_between_checkpoints", "3")))  # checkpoints at steps 3 and 6
+    assert result.end["reason"] == "nonfinite_loss" and result.end["step"] == 9
+    assert result.end["skipped_steps"] == 6
     out = capsys.readouterr().out
-    assert "error: the fp16 loss scaler skipped 3 updates in a row (3 in total) at step 6" in out
-    lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in lines if r["type"] == "train"]
-    assert [(r["step"], r["skipped_steps"], r["loss_scale"]) for r in train] == \
-        [(1, 0, 65536), (2, 0, 65536), (3, 0, 65536), (4, 1, 32768), (5, 2, 16384), (6, 3, 8192)]
-    assert "| 3 updates skipped (fp16 overflow)" in out
-    assert not (result.run_dir / "checkpoints").exists() and not (result.run_dir / "pretrained").exists()
+    assert "error: the fp16 loss scaler skipped 6 updates in a row (--scale_cnt_limit; 6 in total, loss scale now " \
+        in out and "at step 9" in out and "skipped those updates and saved nothing" in out
+    # skipped updates change no weight: the step-6 checkpoint holds step 3's weights, the newest good one
+    assert "--load_checkpoint_id epoch6-step6" in out and "Traceback" not in out
+    train = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["type"] == "train"]
+    assert [(r["step"], r["skipped_steps"]) for r in train] == [(s, max(0, s - 3)) for s in range(1, 10)]
+    scales = [r["loss_scale"] for r in train[3:]]
+    assert all(b in (a, a / 2) for a, b in zip(scales, scales[1:])), scales  # backs off (DeepSpeed: hysteresis 2)
+    if engine == "torch":
+        assert scales == [2.0, 1.0, 0.5, 0.25, 0.125, 0.0625]  # GradScaler has no minimum
+    else:
+        assert scales[-1] == 1.0 and scales.count(1.0) >= 2  # overflowed again at the minimum: skipped, no raise
+    assert "| 6 updates skipped (fp16 overflow)" in out
+    assert _weights_finite(result.run_dir / "checkpoints" / "epoch6-step6")
+    assert not (result.run_dir / "pretrained").exists()
 
 
 # --- two processes, one rank lost -------------------------------------------------------------------------------

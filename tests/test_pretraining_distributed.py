@@ -108,7 +108,6 @@ def worker(out_dir: str, flags: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    for key, value in {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "DS_ACCELERATOR": "cpu",
-                       "TOKENIZERS_PARALLELISM": "false"}.items():
+    for key, value in {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(key, value)
     worker(sys.argv[1], sys.argv[2:])
