@@ -73,6 +73,15 @@ class DistInfo:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def max(self, value: float) -> float:
+        """The largest of ``value`` over all ranks (float64; a collective); ``value`` itself on one process."""
+        if self.world_size == 1:
+            return value
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
     def any(self, flag: bool) -> bool:
         """True when ``flag`` is true on any rank (a collective: every rank must call it)."""
         return self.sum([float(flag)])[0] > 0

@@ -189,7 +189,9 @@ class Pretraining:
         progress.step_in_epoch += 1
         progress.tokens += int(tokens)
         progress.samples += int(samples)
-        elapsed = self.timer.elapsed()
+        # the ranks' clocks differ a little: every rank takes the slowest one's training time, so the time-based LR,
+        # the validation and checkpoint markers and the stop are the same on each (else DDP replicas drift apart)
+        elapsed = self.dist.max(self.timer.elapsed())
         self._account(mean_loss if applied else math.nan, int(tokens), int(samples), elapsed - progress.elapsed_s)
         progress.elapsed_s = elapsed
         self.logger.advance(progress.step)
