@@ -68,21 +68,31 @@ def with_gradients(model: BertForPreTraining, seed: int = 1) -> BertForPreTraini
     return model
 
 
+#: implementations asked for on a GPU that could not run there (the run then exits 1: nothing is dropped silently)
+NOT_RUN: dict[str, str] = {}
+
+
 def make_optimizer(name: str, model: BertForPreTraining):
-    """``name``'s optimizer over ``model``, or None when it cannot run here (e.g. FusedLamb on a CPU)."""
+    """``name``'s optimizer over ``model``, or None when it cannot run here (FusedLamb on a CPU; on a GPU, a
+    missing deepspeed or kernel is recorded in NOT_RUN and printed)."""
     kind, use_fused = IMPLEMENTATIONS[name]
+    on_gpu = next(model.parameters()).device.type == "cuda"
     if name == "lamb-deepspeed":
-        if next(model.parameters()).device.type != "cuda":
+        if not on_gpu:
             return None
         try:
             import deepspeed  # noqa: F401
-        except ImportError:
+        except Exception as exc:  # ImportError, or a dependency of deepspeed's that fails at import
+            NOT_RUN[name] = f"import deepspeed failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            print(f"{name}: NOT RUN ({NOT_RUN[name]})")
             return None
     args = OptimizerArguments(optimizer_type=kind, lr=1e-4, weight_decay=0.01, max_coeff=10.0)
     try:
         return build_optimizer(model, args, use_fused=use_fused)
     except (RuntimeError, ImportError) as exc:  # e.g. a fused kernel missing for this device or dtype
         print(f"{name}: not available here ({str(exc).splitlines()[0]})")
+        if on_gpu:
+            NOT_RUN[name] = str(exc).splitlines()[0]
         return None
 
 
@@ -189,8 +199,11 @@ def main(argv=None) -> dict:
     ratio = f"{fused[0] / fused[1]:.3f}" if all(fused) else "n/a"
     lamb = f"{times['lamb'] / fused[1]:.3f}" if times.get("lamb") and fused[1] else "n/a"
     print(f"\nRESULT device={device.type} config={headline} fused_vs_foreach_adamw={ratio} lamb_vs_adamw={lamb}")
+    if NOT_RUN:
+        print(f"INCOMPLETE: not run on this GPU: {'; '.join(f'{k}: {v}' for k, v in NOT_RUN.items())}")
     return summary
 
 
 if __name__ == "__main__":
     main()
+    sys.exit(1 if NOT_RUN else 0)
