@@ -29,7 +29,9 @@ from pretraining.data.prepare_args import PrepareArguments, apply_defaults
 from pretraining.errors import run_main
 
 
-@run_main
+@run_main(interrupted=(
+    "every shard with its final name is complete (shards are written under a temporary name and renamed "
+    "when done): rerun the same command to resume; finished shards and tokenized chunks are kept"))
 def main(argv=None):
     """Parse the flags and run the pipeline; returns the manifest (dict). With no arguments at all (the seed's
     README command) the corpus is the seed's Simple English Wikipedia when the Hub can be reached."""

@@ -18,7 +18,7 @@ from pretraining.errors import UserError, run_main
 from pretraining.finetune import GlueDataArguments, GlueModelArguments, GlueTrainingArguments, finetune
 
 
-@run_main
+@run_main(interrupted="nothing of this run was exported; rerun the same command")
 def main(argv=None) -> dict:
     """Parse ``argv`` (default: sys.argv[1:]) and run :func:`pretraining.finetune.finetune`."""
     try:

@@ -20,12 +20,22 @@ from __future__ import annotations
 from pretraining.errors import run_main
 
 
-@run_main
+@run_main(interrupted=(
+    "rerun the same command, plus --load_training_checkpoint OUTPUT_DIR/JOB_NAME to continue from the "
+    "last checkpoint (during training a first Ctrl-C saves one at the next step)"))
 def main(argv=None):
-    """Parse the flags (or one JSON file of them) and pretrain; returns the run's end record."""
+    """Parse the flags (or one JSON file of them) and pretrain; returns the run's end record.
+
+    A run that did not finish its job exits non-zero (:func:`pretraining.progress.exit_code`): 1 when it stopped on a
+    non-finite loss, 130/143 when interrupted by SIGINT/SIGTERM (after saving a checkpoint), 2 for a UserError."""
+    from pretraining.progress import exit_code
     from pretraining.training import PretrainingConfig, pretrain
 
-    return pretrain(PretrainingConfig.parse(argv)).end
+    end = pretrain(PretrainingConfig.parse(argv)).end
+    code = exit_code(end)
+    if code:
+        raise SystemExit(code)
+    return end
 
 
 if __name__ == "__main__":

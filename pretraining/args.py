@@ -146,6 +146,9 @@ class OptimizerArguments:
         check.choice("--optimizer_type", self.optimizer_type, sorted(OPTIMIZERS))
         check.require(self.lr > 0, f"--lr must be > 0 (got {self.lr})")
         check.require(self.weight_decay >= 0, f"--weight_decay must be >= 0 (got {self.weight_decay})")
+        check.require(self.adam_eps > 0 or self.optimizer_type == "adafactor",
+                      f"--adam_eps must be > 0 (got {self.adam_eps}): it keeps Adam's/LAMB's update finite where the "
+                      "second moment is 0 (typical: 1e-6 to 1e-8)")
         check.require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "--adam_beta1/--adam_beta2 must be in [0, 1)")
         check.add(lamb_coefficients_problem(self.min_coeff, self.max_coeff))
         if self.optimizer_type == "customized":

@@ -4,6 +4,8 @@ behind each progress line, and why a run stopped."""
 from __future__ import annotations
 
 import math
+import signal
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -18,6 +20,7 @@ class StopReason(str, Enum):
     NUM_EPOCHS = "num_epochs"
     EARLY_STOP = "early_stop"
     NONFINITE_LOSS = "nonfinite_loss"
+    INTERRUPTED = "interrupted"
 
     def __str__(self) -> str:
         return self.value
@@ -77,3 +80,50 @@ class Interval:
 
     def mean_loss(self) -> float:
         return self.loss / self.steps if self.steps else self.last_mean
+
+
+#: exit codes of a run that did not finish its job (metrics.jsonl's end reason -> code); the rest exit 0
+FAILED_REASONS = {StopReason.NONFINITE_LOSS.value: 1}
+SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+def exit_code(end: dict) -> int:
+    """The process exit code for a run's end record: 0 when it did its job, 1 for a non-finite stop, 128 + the
+    signal number when SIGINT (130) or SIGTERM (143) interrupted it."""
+    if end.get("reason") == StopReason.INTERRUPTED.value:
+        return 128 + int(getattr(signal, end.get("signal", "SIGINT")))
+    return FAILED_REASONS.get(end.get("reason"), 0)
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM during training are noted and acted on at the next optimizer-step boundary (the
+    loop then saves a checkpoint and stops); a second one stops at once, without a checkpoint. Installed only in
+    the main thread; the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    @property
+    def name(self) -> str | None:
+        return SIGNAL_NAMES.get(self.received) if self.received is not None else None
+
+    def __enter__(self) -> "StopSignals":
+        try:
+            for signum in SIGNAL_NAMES:
+                self._previous[signum] = signal.signal(signum, self._note)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _note(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{SIGNAL_NAMES[signum]} received: stopping after the current optimizer step and saving a checkpoint "
+              "(send it again to stop at once, without one)", file=sys.stderr, flush=True)

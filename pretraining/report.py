@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from pretraining.atomic import write_text_atomic
 from pretraining.errors import UserError, run_main
+from pretraining.progress import exit_code
 from pretraining.runs import (ARGS_FILE, CONTROL, FINETUNE_DIR, METRICS_FILE, MISSING, RESULTS_FILE, RunRecord,
                               discover_runs, format_count, format_duration, load_run)
 
@@ -89,7 +90,8 @@ def _status(record: RunRecord, has_finetune: bool) -> str:
         parts.append("partial: no end line")
     elif record.end is not None:
         reason = record.end.get("reason")
-        parts.append(f"complete ({reason})" if reason else "complete")
+        failed = "interrupted" if reason == "interrupted" else "failed"  # what exits non-zero did not finish its job
+        parts.append(f"{failed} ({reason})" if exit_code(record.end) else f"complete ({reason})" if reason else "complete")
     elif has_finetune:
         parts.append("fine-tune only")
     if not has_finetune:

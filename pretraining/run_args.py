@@ -197,6 +197,11 @@ class PretrainingArguments:
         default=-1, metadata={"help": "Training checkpoint every this many epochs (<= 0: only at the end)"}
     )
     keep_checkpoints: int = field(default=2, metadata={"help": "Keep this many most recent training checkpoints"})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace an earlier run in OUTPUT_DIR/JOB_NAME (its logs, checkpoints and export); without "
+                          "it such a run is resumed (--load_training_checkpoint) or refused, never overwritten"},
+    )
     load_training_checkpoint: Optional[str] = field(
         default=None,
         metadata={"help": "Resume from this run folder (OUTPUT_DIR/JOB_NAME), its checkpoints/ folder, or one "
@@ -254,6 +259,7 @@ class PretrainingArguments:
             self.load_checkpoint_id = "latest"
 
     def validate(self, check: ArgumentChecker) -> None:
+        check.require(0 <= self.seed < 2 ** 32, f"--seed must be in [0, 2**32 - 1] (got {self.seed}; numpy's range)")
         check.require(bool(self.output_dir), "--output_dir is required")
         check.require(self.job_name not in ("", ".", "..") and "/" not in self.job_name and os.sep not in self.job_name,
                       f"--job_name {self.job_name!r} must be a plain folder name (no '/', not '.' or '..'): the run "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -62,7 +63,7 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
     7. the loader (dropout seeded per rank from here on).
     Resuming a checkpoint into these parts is the loop's first job (:class:`pretraining.training.Pretraining`).
     """
-    from pretraining.checkpoint import list_checkpoints, resume_candidates
+    from pretraining.checkpoint import resume_candidates
     from pretraining.data.collator import PretrainingCollator
     from pretraining.data.loader import ShardLoader
     from pretraining.data.shards import list_shards, read_manifest, read_shard
@@ -78,12 +79,15 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
     run_dir = Path(run.output_dir) / run.job_name
     candidates = resume_candidates(run.load_training_checkpoint, run.load_checkpoint_id) \
         if run.load_training_checkpoint else []
-    existing = list_checkpoints(run_dir / "checkpoints")  # every rank decides alike: none is left waiting
-    if existing and not candidates:
+    earlier = earlier_run(run_dir) if not candidates else []  # every rank decides alike: none is left waiting
+    if earlier and not run.overwrite_output_dir:
         raise UserError(
-            f"{run_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): resume with "
-            f"--load_training_checkpoint {run_dir}, or pick another --job_name / --output_dir")
+            f"{run_dir} holds an earlier run ({', '.join(earlier)}): resume it with --load_training_checkpoint "
+            f"{run_dir}" + ("" if "checkpoints" in earlier[0] else " (it has no checkpoint: it can only be replaced)") +
+            ", pick another --job_name / --output_dir, or pass --overwrite_output_dir to replace it")
     if dist.is_main:
+        if earlier:
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
 
@@ -125,6 +129,17 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
                     inputs=MODEL_INPUTS + (("next_sentence_label",) if nsp else ()), collate=collate, read_shard=read,
                     unigram=unigram, compatibility=config.compatibility(model.config), scheduler=scheduler,
                     engine=engine, loader=loader, notices=notices)
+
+
+def earlier_run(run_dir: Path) -> list[str]:
+    """What an earlier run left in ``run_dir`` (its checkpoints first, then its logs and export); [] when none."""
+    from pretraining.checkpoint import list_checkpoints
+
+    if run_dir.is_file():
+        raise UserError(f"{run_dir} is a file, not a run folder: pick another --job_name or --output_dir")
+    checkpoints = [p.name for p in list_checkpoints(run_dir / "checkpoints")]
+    found = [f"checkpoints {', '.join(checkpoints)}"] if checkpoints else []
+    return found + [name for name in ("metrics.jsonl", "args.json", "pretrained") if (run_dir / name).exists()]
 
 
 def masking_settings(data, manifest: dict | None, notices: list[str]) -> dict:

@@ -56,7 +56,7 @@ from pretraining.checkpoint import CorruptCheckpoint, list_checkpoints, load_che
 from pretraining.config import PretrainingConfig
 from pretraining.errors import UserError
 from pretraining.evaluation import MaskedLMSums
-from pretraining.progress import Interval, Progress, StopReason, TrainingTimer
+from pretraining.progress import Interval, Progress, StopReason, StopSignals, TrainingTimer
 from pretraining.run_setup import BuiltRun, build_run
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Pretraining:
         config, run, notices = self.config, self.config.run, built.notices
 
         self.progress = Progress()
+        self.signals = StopSignals()
         self.last_eval: dict | None = None
         resume = self._resume(built.resume_candidates, notices) if built.resume_candidates else None
         self.loader.steps_in_epoch(self.progress.epoch)  # shards too small for one step: fail now, not later
@@ -143,19 +144,20 @@ class Pretraining:
         self.timer = TrainingTimer(self.clock, self.progress.elapsed_s)
         self.interval = Interval()
         self.engine.train()
-        reason = self.should_stop()  # a resumed run may have nothing left to do
         try:
-            while reason is None:
-                if self.progress.epoch >= self.config.run.num_epochs:
-                    reason = StopReason.NUM_EPOCHS
-                    break
-                for micro_batches in self.loader.epoch(self.progress.epoch, self.progress.step_in_epoch):
-                    reason = self._train_step(micro_batches)
-                    if reason is not None:
+            with self.signals:
+                reason = self.should_stop()  # a resumed run may have nothing left to do
+                while reason is None:
+                    if self.progress.epoch >= self.config.run.num_epochs:
+                        reason = StopReason.NUM_EPOCHS
                         break
-                else:
-                    reason = self._end_of_epoch()
-            end = self._finish(reason)
+                    for micro_batches in self.loader.epoch(self.progress.epoch, self.progress.step_in_epoch):
+                        reason = self._train_step(micro_batches)
+                        if reason is not None:
+                            break
+                    else:
+                        reason = self._end_of_epoch()
+                end = self._finish(reason)
         finally:
             self.loader.close()
             self.logger.close()
@@ -208,9 +210,11 @@ class Pretraining:
         """max_steps or time_budget when reached (a collective: every rank must call it)."""
         if self.config.run.max_steps is not None and self.progress.step >= self.config.run.max_steps:
             return StopReason.MAX_STEPS
-        if self.dist.any(self.progress.elapsed_s >= self.budget_s):
-            return StopReason.TIME_BUDGET
-        return None
+        over_budget, interrupted = self.dist.sum([float(self.progress.elapsed_s >= self.budget_s),
+                                                  float(self.signals.received is not None)])
+        if interrupted:  # on any rank: every rank stops at this step and saves its part of the checkpoint
+            return StopReason.INTERRUPTED
+        return StopReason.TIME_BUDGET if over_budget else None
 
     def _account(self, loss: float, tokens: int, samples: int, seconds: float) -> None:
         interval = self.interval
@@ -356,16 +360,22 @@ class Pretraining:
         run, progress = self.config.run, self.progress
         if self.interval.steps and progress.step % run.print_steps:
             self._log_train(self.scheduler.get_last_lr()[0])
+        finished = reason not in (StopReason.NONFINITE_LOSS, StopReason.INTERRUPTED)
         if reason is not StopReason.NONFINITE_LOSS:
             with self.timer.paused():
-                if run.do_validation and progress.last_eval_step != progress.step:
+                if finished and run.do_validation and progress.last_eval_step != progress.step:
                     self._validate()
                 if progress.last_checkpoint_step != progress.step:
                     self._checkpoint()
-                if run.finetune_checkpoint_at_end:
+                if finished and run.finetune_checkpoint_at_end:
                     self._export(self.run_dir / "pretrained")
         end = {"reason": reason.value, "step": progress.step, "elapsed_s": progress.elapsed_s, "tokens": progress.tokens,
                "final_loss": self.interval.last_mean, **self._fp16_record()}
+        if reason is StopReason.INTERRUPTED:
+            end["signal"] = self.signals.name or "SIGINT"  # another rank's signal: this one stopped with it
+            self.logger.print(f"error: interrupted ({end['signal']}) at step {progress.step}: checkpoint "
+                              f"{list_checkpoints(self.ckpt_root)[-1]} saved; resume with the same command plus "
+                              f"--load_training_checkpoint {self.run_dir}")
         self.logger.end(end)
         return end
 
