@@ -4,7 +4,9 @@ group in :mod:`pretraining.args` and :mod:`pretraining.run_args`."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from pretraining.args import ModelArguments, OptimizerArguments, SchedulerArguments
 from pretraining.cli import ArgumentChecker, asdict, parse_args
@@ -16,6 +18,30 @@ ARGUMENT_GROUPS = (ModelArguments, OptimizerArguments, SchedulerArguments, Datas
 MODEL_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
                     "encoder_ln_mode")
 RUN_KEYS = ("model_type", "optimizer_type", "deepspeed", "zero_stage")
+#: flags that do not change what a run computes (where it resumes from, logging, bookkeeping, how long it goes on):
+#: a resume may change them without a record; any other change is recorded with the step it took effect at
+NOT_COMPUTATION = ("load_training_checkpoint", "load_checkpoint_id", "local_rank", "overwrite_output_dir",
+                   "output_dir", "job_name", "print_steps", "no_wandb", "project_name", "keep_checkpoints",
+                   "num_epochs_between_checkpoints", "ddp_timeout", "max_steps", "num_epochs", "early_exit_time_marker",
+                   "steps_per_print", "wall_clock_breakdown", "async_worker", "num_workers", "history", "world_size")
+
+
+def settings_changes(previous: dict, current: dict) -> dict:
+    """{flag: [before, now]} for the settings a resumed run changed that change what it computes."""
+    return {key: [previous.get(key), value] for key, value in current.items()
+            if key not in NOT_COMPUTATION and key in previous and previous[key] != value}
+
+
+def resume_history(args_file: Path, current: dict, step: int) -> tuple[list[dict], dict]:
+    """A resumed run's history for args.json: the earlier run's entries, plus ``{"step", "changed"}`` when this
+    resume (at ``step``) changes what the run computes; and those changes. The settings of the steps before a
+    change are its "before" values, so no earlier setting is lost when args.json is rewritten."""
+    if not args_file.is_file():
+        return [], {}
+    previous = json.loads(args_file.read_text())
+    changes = settings_changes(previous, current)
+    history = list(previous.get("history", []))
+    return history + ([{"step": step, "changed": changes}] if changes else []), changes
 
 
 @dataclass

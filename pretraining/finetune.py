@@ -27,6 +27,7 @@ from pretraining.atomic import atomic_file, write_json_atomic
 from pretraining.cli import ArgumentChecker
 from pretraining.errors import UserError
 from pretraining.modeling import BertPreTrainedModel, export_pretrained
+from pretraining.outputs import check_output_folder
 
 logger = logging.getLogger("run_glue")
 #: where ``--seeds`` puts each seed's run inside ``--output_dir``
@@ -261,6 +262,8 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
     check = ArgumentChecker()
     data_args.validate(check)
     check.raise_if_any()
+    local = [path for path in (data_args.train_file, data_args.validation_file, data_args.test_file) if path]
+    check_output_folder(training_args.output_dir, flag="--output_dir", inputs=local)
     _token_to_environment(training_args)
     if training_args.finetune_checkpoint_at_end is not None:
         logger.warning("notice: --finetune_checkpoint_at_end has no effect in run_glue.py (it is "

@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from pretraining.atomic import write_text_atomic
 from pretraining.errors import UserError, run_main
+from pretraining.outputs import check_output_file
 from pretraining.progress import exit_code
 from pretraining.runs import (ARGS_FILE, CONTROL, FINETUNE_DIR, METRICS_FILE, MISSING, RESULTS_FILE, RunRecord,
                               discover_runs, format_count, format_duration, load_run)
@@ -313,6 +314,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None):
     """Print the results table; write the files named by --out/--csv/--plot."""
     args = _parser().parse_args(argv)
+    for flag, path in (("--out", args.out), ("--csv", args.csv), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, flag=flag)
     rows, table = build_report(args.run_dirs, out=args.out, plot=args.plot, csv_path=args.csv, task=args.task)
     print(table, end="", flush=True)
     for flag, path in (("table", args.out), ("csv", args.csv), ("plot", args.plot)):

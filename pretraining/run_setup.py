@@ -17,6 +17,7 @@ import torch
 
 from pretraining.config import PretrainingConfig, check_arguments
 from pretraining.errors import UserError
+from pretraining.outputs import check_output_folder
 
 logger = logging.getLogger(__name__)
 #: model inputs the collator produces (next_sentence_label only for bert-mlm-nsp)
@@ -76,7 +77,8 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
     dist = setup_distributed(config.backend.deepspeed, run.local_rank, timeout_s=run.ddp_timeout)
     grad_accum, notices = check_arguments(config, dist.world_size)
 
-    run_dir = Path(run.output_dir) / run.job_name
+    run_dir = check_output_folder(Path(run.output_dir) / run.job_name, flag="--output_dir/--job_name",
+                                  inputs=[data.dataset_path])
     candidates = resume_candidates(run.load_training_checkpoint, run.load_checkpoint_id) \
         if run.load_training_checkpoint else []
     earlier = earlier_run(run_dir) if not candidates else []  # every rank decides alike: none is left waiting
@@ -85,11 +87,6 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
             f"{run_dir} holds an earlier run ({', '.join(earlier)}): resume it with --load_training_checkpoint "
             f"{run_dir}" + ("" if "checkpoints" in earlier[0] else " (it has no checkpoint: it can only be replaced)") +
             ", pick another --job_name / --output_dir, or pass --overwrite_output_dir to replace it")
-    if dist.is_main:
-        if earlier:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
 
     train_shards = list_shards(data.dataset_path, "train")
     test_shards = list_shards(data.dataset_path, "test") if run.do_validation else []
@@ -124,6 +121,11 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
                          grad_accum=engine.grad_accum, rank=dist.rank, world_size=dist.world_size,
                          loader_type=data.data_loader_type, seed=run.seed, max_steps_per_epoch=run.max_steps_per_epoch,
                          prefetch=data.async_worker, length=lengths.__getitem__)
+    if dist.is_main:  # only now that every check passed: a refused start leaves nothing behind
+        if earlier:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     return BuiltRun(config=config, dist=dist, run_dir=run_dir, resume_candidates=candidates, manifest=manifest,
                     tokenizer=tokenizer, train_shards=train_shards, test_shards=test_shards,
                     inputs=MODEL_INPUTS + (("next_sentence_label",) if nsp else ()), collate=collate, read_shard=read,

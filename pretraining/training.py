@@ -53,7 +53,7 @@ import torch
 
 from pretraining.atomic import swap_folder, write_guard
 from pretraining.checkpoint import CorruptCheckpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from pretraining.config import PretrainingConfig
+from pretraining.config import PretrainingConfig, resume_history
 from pretraining.errors import UserError
 from pretraining.evaluation import MaskedLMSums
 from pretraining.progress import Interval, Progress, StopReason, StopSignals, TrainingTimer
@@ -102,10 +102,12 @@ class Pretraining:
         self.progress.wandb_run_id = self.logger.wandb_run_id or self.progress.wandb_run_id
         for notice in notices:
             self.logger.print(f"notice: {notice}")
+        self.history = self._settings_history(resume)
         if resume is not None:
             self.logger.print(f"resumed from {resume} at step {self.progress.step}, epoch {self.progress.epoch}")
         if self.dist.is_main:
-            (self.run_dir / "args.json").write_text(json.dumps(self._args_record(), indent=1))
+            (self.run_dir / "args.json").write_text(json.dumps({**self._args_record(), "history": self.history},
+                                                               indent=1))
         model = self.engine.module.config
         self.logger.print(
             f"pretraining {model.num_hidden_layers}x{model.hidden_size} {config.model.model_type} with "
@@ -121,6 +123,16 @@ class Pretraining:
                 "world_size": self.dist.world_size,  # and the masking trained with (flag, else the manifest's)
                 "masked_lm_prob": self.collate.masked_lm_prob,
                 "max_predictions_per_seq": self.collate.max_predictions_per_seq}
+
+    def _settings_history(self, resume: Path | None) -> list[dict]:
+        """args.json's history of changed settings (:func:`pretraining.config.resume_history`), with a notice."""
+        history, changes = resume_history(self.run_dir / "args.json", self._args_record(), self.progress.step) \
+            if resume is not None else ([], {})
+        if changes:
+            self.logger.print(f"notice: resumed at step {self.progress.step} with other settings than the run so far "
+                              "(recorded in args.json's history and the model card): " +
+                              ", ".join(f"{key} {before} -> {now}" for key, (before, now) in changes.items()))
+        return history
 
     def _resume(self, candidates: list[Path], notices: list[str]) -> Path:
         """Restore the first candidate that verifies (a corrupt latest one falls back, with a notice)."""
@@ -351,6 +363,9 @@ class Pretraining:
                       f"rank(s), {config.backend.precision}",
             "optimizer": f"{config.optimizer.optimizer_type}, lr {config.optimizer.lr:g} ({config.scheduler.lr_schedule} "
                          f"schedule, {config.scheduler.curve}), batch {config.run.train_batch_size}",
+            "settings changed at resume": "; ".join(
+                f"step {entry['step']}: " + ", ".join(f"{k} {b} -> {n}" for k, (b, n) in entry["changed"].items())
+                for entry in self.history) or None,
             "final losses": f"train {self.interval.last_mean:.4f}" + (
                 f", eval {last['eval_loss']:.4f} (unigram baseline {last.get('eval_unigram_loss', float('nan')):.4f}, "
                 f"MLM accuracy {last.get('eval_mlm_accuracy', float('nan')):.4f})" if last else ""),

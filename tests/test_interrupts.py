@@ -1,5 +1,6 @@
-"""Interrupts and exit codes (issue #26): a run that did not finish its job exits non-zero, Ctrl-C and SIGTERM stop
-pretraining at the next step with a checkpoint and a resume line, and a rerun never overwrites an earlier run."""
+"""A run's rules (issue #26): a run that did not finish its job exits non-zero, Ctrl-C and SIGTERM stop pretraining at
+the next step with a checkpoint and a resume line, a rerun never overwrites an earlier run, a resume that changes what
+the run computes is recorded with its step, and decimal labels make a regression task (said in a notice)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,31 @@ def test_prepare_interrupted_says_its_shards_are_atomic(tmp_path):
         pytest.skip("the preparation finished before the interrupt")
     assert process.returncode == 130, out[-3000:]
     assert "interrupted (SIGINT): every shard with its final name is complete" in out and "Traceback" not in out
+
+
+def test_a_resume_with_other_settings_records_them_with_the_step(pretrain_flags, single_thread, capsys):
+    first = pretrain(PretrainingConfig.parse(pretrain_flags("--max_steps", "2", "--lr", "2e-3", "--seed", "42")))
+    capsys.readouterr()
+    resumed = pretrain(PretrainingConfig.parse(pretrain_flags(
+        "--max_steps", "4", "--lr", "1e-3", "--seed", "7", "--load_training_checkpoint", str(first.run_dir))))
+    out = capsys.readouterr().out
+    assert "notice: resumed at step 2 with other settings than the run so far" in out and "lr 0.002 -> 0.001" in out
+    args = json.loads((resumed.run_dir / "args.json").read_text())
+    assert args["lr"] == 1e-3 and args["history"] == [{"step": 2, "changed": {"lr": [2e-3, 1e-3], "seed": [42, 7]}}]
+    card = (resumed.run_dir / "pretrained" / "README.md").read_text()
+    assert "| settings changed at resume | step 2: lr 0.002 -> 0.001, seed 42 -> 7 |" in card
+    # a later resume with the same settings adds nothing, and keeps the history
+    again = pretrain(PretrainingConfig.parse(pretrain_flags(
+        "--max_steps", "5", "--lr", "1e-3", "--seed", "7", "--load_training_checkpoint", str(first.run_dir))))
+    assert json.loads((again.run_dir / "args.json").read_text())["history"] == args["history"]
+
+
+def test_decimal_labels_make_a_regression_task_with_a_notice(tmp_path, caplog):
+    from pretraining.glue.readers import load_local_files
+
+    train = tmp_path / "train.csv"
+    train.write_text("sentence,label\na,1.5\nb,0\nc,2.25\n")
+    with caplog.at_level("WARNING"):
+        data = load_local_files({"train": str(train), "validation": None, "test": None})
+    assert data.task.is_regression
+    assert "the labels in column 'label' are decimal numbers (e.g. 1.5): the task is treated as regression" in caplog.text

@@ -139,6 +139,7 @@ def read_json(path: Path) -> Iterator[Document]:
 
 def read_parquet(path: Path) -> Iterator[Document]:
     """Parquet with a ``text`` column (e.g. the Hub's Wikipedia files), read in batches."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -149,10 +150,21 @@ def read_parquet(path: Path) -> Iterator[Document]:
         raise UserError(f"{path} is not a readable Parquet file ({exc})") from None
     if "text" not in parquet.schema_arrow.names:
         raise UserError(f"{path} has no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})")
+    kind = parquet.schema_arrow.field("text").type
+    binary = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or binary):
+        raise UserError(f"{path}: the 'text' column holds {kind}, not text: write the documents as strings")
+    row = 0
     for batch in parquet.iter_batches(columns=["text"], batch_size=1024):
         for text in batch.column(0).to_pylist():
-            if text:
-                yield text, False
+            row += 1
+            if binary and text is not None:
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise UserError(f"{path}: row {row} of the binary 'text' column is not UTF-8 ({exc.reason} at "
+                                    f"byte {exc.start}): re-encode the documents as UTF-8") from None
+            yield text or "", False  # empty and null rows are counted as skipped by the caller
 
 
 def read_mediawiki(path: Path) -> Iterator[Document]:
@@ -211,6 +223,20 @@ def expand_input_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
+def _decode_position(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8: the byte and its line (for an uncompressed file), as words."""
+    byte = exc.object[exc.start:exc.start + 1].hex() if isinstance(exc.object, (bytes, bytearray)) else "?"
+    where = f"byte 0x{byte} ({exc.reason})"
+    if _format_suffix(path) == path.suffix.lower():  # not compressed: find the line of the first bad byte
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    return f"{where} on line {number}, column {bad.start + 1}"
+    return where
+
+
 def read_files(files: Iterable[Path]) -> Iterator[Document]:
     """Documents of each file in turn; unreadable or corrupt input raises a UserError naming the file."""
     for path in files:
@@ -220,6 +246,9 @@ def read_files(files: Iterable[Path]) -> Iterator[Document]:
                 document = next(documents)
             except StopIteration:
                 break
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path} is not UTF-8 text: {_decode_position(path, exc)}; re-encode it as UTF-8 "
+                                f"(e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix})") from None
             except _READ_ERRORS as exc:
                 raise UserError(f"cannot read {path}: {type(exc).__name__}: {exc}; is the file complete and of the type its name says?") from None
             yield document

@@ -29,6 +29,7 @@ import numpy as np
 from pretraining.atomic import WriteFailed, write_json_atomic
 from pretraining.cli import ArgumentChecker, asdict
 from pretraining.errors import UserError
+from pretraining.outputs import check_output_folder
 from pretraining.data import corpus
 from pretraining.data.build import SampleSettings, ShardTask, build_shard
 from pretraining.data.chunkstore import SPLIT_CODES, ChunkStore, make_key, tokenize_chunk
@@ -160,11 +161,20 @@ def docs_per_chunk(max_documents: Optional[int]) -> int:
     return min(MAX_DOCS_PER_CHUNK, max(32, -(-max_documents // 8)))
 
 
-def _documents(args: PrepareArguments, files: list[Path]) -> Iterator:
-    """The corpus's non-empty documents in order (the first --max_documents of them)."""
+def _documents(args: PrepareArguments, files: list[Path], skipped: dict | None = None) -> Iterator:
+    """The corpus's non-empty documents in order (the first --max_documents of them); the empty ones (blank text,
+    in any format) are counted in ``skipped["empty"]`` when given."""
     documents = corpus.iter_documents(list(args.dataset or []), [str(f) for f in files],
                                       args.dataset_config, args.cache_dir)
-    documents = (d for d in documents if d[0] and not d[0].isspace())
+
+    def non_empty(documents):
+        for document in documents:
+            if document[0] and not document[0].isspace():
+                yield document
+            elif skipped is not None:
+                skipped["empty"] = skipped.get("empty", 0) + 1
+
+    documents = non_empty(documents)
     if args.max_documents is not None:
         documents = itertools.islice(documents, args.max_documents)
     return documents
@@ -235,13 +245,16 @@ def _tokenize_corpus(args: PrepareArguments, files: list[Path], tokenizer: Token
     if marker.is_file():
         return json.loads(marker.read_text())
     counts: dict = {"chunks": 0, "documents": {"train": 0, "test": 0}}
-    tasks = _chunks(_documents(args, files), args, store, tokenizer, counts)
+    skipped: dict = {}
+    tasks = _chunks(_documents(args, files, skipped), args, store, tokenizer, counts)
     unknown = UnknownTokens(args.max_unk_fraction, tokenizer.name)
     with _progress(None, desc="tokenize", unit="doc") as progress:
         for _, n_docs, n_tokens, n_unknown in workers.run(tokenize_chunk, tasks):
             progress.update(n_docs)
             unknown.add(n_tokens, n_unknown)
     unknown.check(final=True)
+    if skipped.get("empty"):
+        _log(f"notice: {skipped['empty']} empty document(s) (blank or null text) skipped")
     if counts["chunks"] == 0:
         source = ", ".join([*(args.dataset or []), *map(str, files)])
         raise UserError(f"no documents found in {source}; check the input is not empty")
@@ -343,8 +356,9 @@ def prepare(args: PrepareArguments) -> PrepareResult:
     check.raise_if_any()
     started = time.perf_counter()
     files = corpus.expand_input_files(args.input_files) if args.input_files else []
+    out = check_output_folder(args.output_dir, flag="--output_dir", inputs=[*(args.input_files or []), *files])
+    created = not out.exists()
     with Workers(args.workers, preload=WORKER_MODULES) as workers:  # they start while the tokenizer loads
-        out = Path(args.output_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
         _refuse_other_settings(out, _settings(args, None, files), args.overwrite)  # before a tokenizer is trained
         tokenizer = load_tokenizer(_tokenizer_source(args, files, out), args.do_lower_case, args.cache_dir)
@@ -367,6 +381,8 @@ def prepare(args: PrepareArguments) -> PrepareResult:
             raise
         except UserError:  # bad input or flags: the fix changes the settings, so nothing here can be resumed
             shutil.rmtree(store.folder, ignore_errors=True)
+            if created and not any(out.iterdir()):  # and a folder this command made is not left behind empty
+                out.rmdir()
             raise
         t1 = time.perf_counter()
         records, token_counts = _build_shards(args, out, tokenizer, store, counts["chunks"], workers)

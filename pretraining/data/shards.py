@@ -63,6 +63,9 @@ def list_shards(dataset_path, split: str = "train") -> list[Path]:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     folder = Path(dataset_path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--dataset_path {folder} is a file, not a dataset folder: give the folder prepare_dataset.py "
+                        "wrote (it holds train_shard_*.hdf5 and manifest.json)")
     if not folder.is_dir():
         raise UserError(f"dataset folder {folder} does not exist; create it with prepare_dataset.py or fix --dataset_path")
     shards = [p for p in folder.iterdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -13,6 +14,8 @@ import numpy as np
 from pretraining.errors import UserError
 
 from pretraining.glue.tasks import GLUE_HUB_DATASET, ROTTEN_TOMATOES_VALIDATION_FRACTION, SPLIT_SEED, TASKS, TaskData, TaskSpec, local_task
+
+logger = logging.getLogger(__name__)
 
 
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
@@ -102,6 +105,16 @@ def _label_text(value) -> str:
     return str(value).strip()
 
 
+def _check_no_missing_labels(values, column: str, source: str) -> None:
+    """UserError naming the data rows (1-based, after any header) whose label is empty or missing."""
+    missing = [row for row, value in enumerate(values.tolist(), 1)
+               if value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip()]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise UserError(f"{source}: {len(missing)} row(s) have no label in column {column!r} (data rows {shown}, "
+                        "counted from 1 after the header): fill them in or drop those rows")
+
+
 def _label_ids(values, label_names: Sequence[str], source: str) -> list[int]:
     """Map label values to ids in ``label_names``: by name, else (when no name is a number) as an
     integer id. UserError naming the values that match neither."""
@@ -132,6 +145,7 @@ def _normalise(frame, task: TaskSpec, label_column: Optional[str], source: str, 
         columns[f"sentence{i + 1}"] = frame[_pick_column(frame, candidates, "text", source)].astype(str).tolist()
     if labelled:
         label = _pick_column(frame, (label_column,) if label_column else task.label_columns, "label", source)
+        _check_no_missing_labels(frame[label], label, source)
         if task.is_regression:
             values = _numeric(frame[label])
             if values.dtype == object:
@@ -153,8 +167,14 @@ def _local_task_from(frame, text_columns: Optional[Sequence[str]], label_column:
         if text_columns is None:
             raise UserError(f"{source}: cannot tell which columns hold the text (columns: "
                             f"{', '.join(map(str, frame.columns))}); pass --text_columns NAME[,NAME2]")
-    values = _numeric(frame[_pick_column(frame, (label_column,), "label", source)])
+    column = _pick_column(frame, (label_column,), "label", source)
+    _check_no_missing_labels(frame[column], column, source)
+    values = _numeric(frame[column])
     if values.dtype.kind == "f":
+        example = next((v for v in values.tolist() if not float(v).is_integer()), values.iloc[0])
+        logger.warning("notice: %s: the labels in column %r are decimal numbers (e.g. %s): the task is treated as "
+                       "regression (MSE loss; Pearson and Spearman correlation); for classes, use integer or text "
+                       "labels", source, column, example)
         return local_task(text_columns, None)
     names = sorted({_label_text(v) for v in values.tolist()}, key=lambda v: (not _is_int(v), _sort_key(v)))
     return local_task(text_columns, names)
