@@ -47,7 +47,8 @@ def test_json_jsonl_parquet_and_compressed_files(tmp_path):
     with bz2.open(tmp_path / "f.jsonl.bz2", "wt") as f:
         f.write('{"text": "eleven"}\n')
     (tmp_path / "ignored.csv").write_text("not read")
-    assert _texts([tmp_path]) == ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    # an empty parquet row is read as an empty document (prepare skips and counts those, in every format)
+    assert _texts([tmp_path]) == ["one", "two", "three", "four", "five", "six", "seven", "", "eight", "nine", "ten",
                                   "eleven"]
 
 
@@ -98,7 +99,8 @@ def test_hub_wikipedia_offline_is_a_clear_error(monkeypatch):
     ("bad.jsonl", '{"text": "ok"}\n{"body": "no text"}\n', "line 2 has no 'text' field"),
     ("broken.jsonl", '{"text": \n', "line 1 is not valid JSON"),
     ("dump.xml.bz2", b"this is not bzip2 data", "cannot read .*dump.xml.bz2"),
-    ("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"), "cannot read .*latin1.txt.*UnicodeDecodeError"),
+    ("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"),
+     r"latin1.txt is not UTF-8 text: byte 0xe9 \(invalid continuation byte\) on line 1, column 4; re-encode it"),
 ])
 def test_bad_input_raises_user_error_naming_the_file(tmp_path, name, content, message):
     path = tmp_path / name
