@@ -172,3 +172,46 @@ def test_bad_input_fails_cleanly_and_destroys_nothing(case, tmp_path, tiny_expor
     assert re.search(message, message_text), message_text
     assert snapshot(work) == before  # every earlier file byte-identical, none added
     assert {p for p in work.rglob("*") if p.is_dir()} == folders_before  # no folder left behind
+
+
+def test_convert_overwrite_replaces_a_folder_whole(tmp_path, tiny_exports):
+    from pretraining.convert import main
+
+    out = tmp_path / "academic"
+    out.mkdir()
+    (out / "stale.txt").write_text("from before")
+    main([str(tiny_exports["pre-ln"]), str(out), "--to", "academic-budget-bert", "--overwrite"])
+    assert {"args.json", "config.json", "pytorch_model.bin"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
+    assert not (out / "stale.txt").exists() and not list(tmp_path.glob(".*academic"))  # swapped whole, no leftovers
+
+
+def test_an_os_error_that_escapes_a_script_is_one_line_naming_the_path(capsys):
+    from pretraining.errors import run_main
+
+    @run_main
+    def main(argv=None):
+        raise PermissionError(13, "Permission denied", "/data/out/args.json")
+
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err
+    assert err.strip() == ("error: /data/out/args.json: Permission denied; check its permissions, or pick a folder "
+                           "you can write")
+
+
+def test_empty_documents_are_counted_and_binary_text_is_decoded(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prepare_dataset import main
+    from pretraining.data.corpus import read_parquet
+
+    pq.write_table(pa.table({"text": [b"caf\xc3\xa9 au lait", None, b""]}), tmp_path / "binary.parquet")
+    assert [text for text, _ in read_parquet(tmp_path / "binary.parquet")] == ["café au lait", "", ""]
+    texts = ["A sentence of the corpus, with several words in it."] * 40 + ["", None] * 10
+    pq.write_table(pa.table({"text": texts}), tmp_path / "rows.parquet")
+    main(["--input_files", str(tmp_path / "rows.parquet"), "--output_dir", str(tmp_path / "out"), "--num_workers",
+          "1", "--num_train_shards", "1", "--num_test_shards", "1", "--max_seq_length", "32"])
+    assert "notice: 20 empty document(s) (blank or null text) skipped" in capsys.readouterr().err
