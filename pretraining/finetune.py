@@ -355,10 +355,11 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
             write_json_atomic(output_dir / "eval_results.json", eval_metrics)
     if training_args.do_predict:
         for tag, dataset in data.tests.items():
-            dataset = dataset.remove_columns([c for c in ("label",) if c in dataset.column_names])
+            ids = dataset["idx"] if "idx" in dataset.column_names else None
+            dataset = dataset.remove_columns([c for c in ("label", "idx") if c in dataset.column_names])
             predictions = trainer.predict(dataset).predictions
             if trainer.is_world_process_zero():
-                glue.write_predictions(output_dir / f"predict_results_{tag}.tsv", task, predictions)
+                glue.write_predictions(output_dir / f"predict_results_{tag}.tsv", task, predictions, ids)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "all_results.json", results)

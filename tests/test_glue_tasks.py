@@ -189,7 +189,33 @@ def test_glue_mrpc_tsv_with_quotes(tmp_path):
     assert list(data.train["label"]) == [1, 0]
     assert list(data.train["sentence1"])[0].startswith("Amrozi accused his brother , whom he called \" the witness \"")
     assert list(data.train["sentence2"])[1].endswith("in 1998 .")
-    assert list(data.tests) == ["mrpc"] and data.tests["mrpc"].column_names == ["sentence1", "sentence2"]
+    assert list(data.tests) == ["mrpc"] and data.tests["mrpc"].column_names == ["sentence1", "sentence2", "idx"]
+    assert list(data.tests["mrpc"]["idx"]) == ["1", "0"]  # the test file's own index column, kept for predictions
+
+
+QQP_HEADER = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+
+
+@pytest.mark.parametrize("split, body, message", [
+    # a record broken over two lines (as QQP's train.tsv has had): pandas padded the first half with ''
+    ("train", "0\t1\t2\tHow do I learn?\tHow to learn\n fast?\t1\n1\t3\t4\tWhy?\tWhy not?\t0\n",
+     r"train.tsv, line 2: 5 field\(s\) where the header has 6 \(0 \| 1 \| 2 \| How do I learn\? \| \.\.\.\): a record "
+     r"broken over two lines"),
+    # one field too many in a test file: pandas dropped the row with a warning, shifting every later index
+    ("test", "0\t1\t2\tHow?\tHow so?\n1\t3\t4\tWhy?\tWhy\tnot?\n2\t5\t6\tWho?\tWhom?\n",
+     r"test.tsv, line 3: 6 field\(s\) where the header has 5"),
+])
+def test_rows_that_do_not_fit_the_columns_name_their_line(tmp_path, split, body, message):
+    header = QQP_HEADER if split == "train" else QQP_HEADER.replace("\tis_duplicate", "")
+    (tmp_path / f"{split}.tsv").write_text(header + body)
+    with pytest.raises(UserError, match=message):
+        glue.load_local_files({split: tmp_path / f"{split}.tsv"}, glue.TASKS["qqp"])
+
+
+def test_a_short_row_of_a_headerless_file_names_its_line(tmp_path):
+    (tmp_path / "cola.tsv").write_text("gj04\t1\t\tA fine sentence.\ngj04\t0\tBroken.\n")
+    with pytest.raises(UserError, match=r"cola.tsv, line 2: 3 field\(s\) where the task has 4"):
+        glue.load_local_files({"train": tmp_path / "cola.tsv"}, glue.TASKS["cola"])
 
 
 def test_glue_cola_headerless_and_qnli_string_labels(tmp_path):
@@ -239,6 +265,12 @@ def test_submission_format(tmp_path, name, expected):
     lines = (tmp_path / "p.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction"
     assert lines[1:] == [f"{i}\t{label}" for i, label in enumerate(expected)]
+
+
+def test_predictions_keep_the_test_files_own_index(tmp_path):
+    glue.write_predictions(tmp_path / "p.tsv", glue.TASKS["mnli"], np.array([[2.0, 0, 0], [0, 0, 3.0]]),
+                           ids=["17", "4"])
+    assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n17\tentailment\n4\tcontradiction\n"
 
 
 def test_submission_regression(tmp_path):

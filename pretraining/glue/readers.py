@@ -29,22 +29,54 @@ def _file_format(path: Path) -> str:
     return suffixes[-1].lstrip(".") if suffixes else ""
 
 
+#: a test file's id column, first found (GLUE's TSVs: index; the Hub's exports: idx)
+ID_COLUMNS = ("index", "idx", "id")
+_OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def check_row_widths(path: Path, delimiter: str, quoting: int, width: Optional[int] = None) -> None:
+    """Every record of a delimited file has the header's number of fields (``width`` for a headerless file): else a
+    UserError naming the file, the line and what was found. pandas would pad a short record with empty fields (a
+    record broken over two lines) and skip a long one with a warning, shifting every later prediction index."""
+    import importlib
+
+    opener = _OPENERS.get(path.suffix.lower())
+    if path.suffix.lower() in _COMPRESSIONS and opener is None:
+        return  # zip / zstd: read by pandas alone
+    module = importlib.import_module(opener) if opener else None
+    with (module.open if module else open)(path, "rt", encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        header = None
+        if width is None:
+            header = next(reader, [])
+            width = len(header)
+        for row in reader:
+            if row and len(row) != width:
+                shown = " | ".join(field[:30] for field in row[:4]) + (" | ..." if len(row) > 4 else "")
+                raise UserError(f"{path}, line {reader.line_num}: {len(row)} field(s) where "
+                                f"{'the header has' if header else 'the task has'} {width} ({shown}): a record "
+                                "broken over two lines, or a stray separator; fix or remove that line")
+
+
 def _read_csv(path: Path, headerless: Optional[Sequence[str]]):
     import pandas as pd
 
+    check_row_widths(path, ",", csv.QUOTE_MINIMAL)
     return pd.read_csv(path, keep_default_na=False)
 
 
 def _read_tsv(path: Path, headerless: Optional[Sequence[str]]):
     import pandas as pd
 
-    # GLUE's TSVs hold unbalanced quotes: read fields as plain text, as GLUE's own readers do; malformed
-    # rows (a few in QQP) are skipped with a warning.
-    options = dict(sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, on_bad_lines="warn", dtype=str)
-    frame = pd.read_csv(path, **options)
+    # GLUE's TSVs hold unbalanced quotes: read fields as plain text, as GLUE's own readers do; a malformed row
+    # (QQP's train.tsv has had records broken over two lines) is an error naming its line, never skipped or padded
+    options = dict(sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, on_bad_lines="error", dtype=str)
+    frame = pd.read_csv(path, nrows=1, **options)  # the header decides between a header and GLUE's headerless files
     if headerless and not {"index", "sentence", "label"} & set(frame.columns):
-        frame = pd.read_csv(path, header=None, names=list(headerless), **options)
-    return frame
+        check_row_widths(path, "\t", csv.QUOTE_NONE, width=len(headerless))
+        return pd.read_csv(path, header=None, names=list(headerless), **options)
+    check_row_widths(path, "\t", csv.QUOTE_NONE)
+    return pd.read_csv(path, **options)
 
 
 def _read_json(path: Path, headerless: Optional[Sequence[str]]):
@@ -153,6 +185,10 @@ def _normalise(frame, task: TaskSpec, label_column: Optional[str], source: str, 
             columns["label"] = values.astype("float32").tolist()
         else:
             columns["label"] = _label_ids(frame[label], task.label_names, source)
+    else:  # a test file's own ids (GLUE's index column): the predictions keep them
+        own = next((name for name in ID_COLUMNS if name in frame.columns), None)
+        if own is not None:
+            columns["idx"] = frame[own].astype(str).tolist()
     return datasets.Dataset.from_dict(columns)
 
 
@@ -229,7 +265,8 @@ def load_hub_task(task: TaskSpec, dataset_name: str = GLUE_HUB_DATASET, cache_di
     def convert(split: str, labelled: bool):
         ds = raw[split]
         names = {cands[0]: f"sentence{i + 1}" for i, cands in enumerate(task.text_columns)}
-        ds = ds.select_columns([*names, *(["label"] if labelled else [])]).rename_columns(names)
+        keep = ["label"] if labelled else [c for c in ("idx",) if c in ds.column_names]
+        ds = ds.select_columns([*names, *keep]).rename_columns(names)
         return ds.cast_column("label", datasets.Value("float32")) if labelled and task.is_regression else ds
 
     return TaskData(task, convert("train", True),

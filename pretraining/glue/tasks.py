@@ -183,15 +183,18 @@ def metrics_function(task: TaskSpec):
     return compute
 
 
-def write_predictions(path: Path, task: TaskSpec, predictions: np.ndarray) -> None:
+def write_predictions(path: Path, task: TaskSpec, predictions: np.ndarray, ids=None) -> None:
     """GLUE submission TSV: header ``index\\tprediction``, one row per test example.
 
+    ``index`` is the test file's own id of the example where it has one (``ids``), else its row number.
     Regression writes the score (3 decimals); MNLI/QNLI/RTE and local tasks write label
     names, the other GLUE tasks the class id, as the GLUE server expects.
     """
     preds = predictions_to_labels(task, predictions)
+    if ids is not None and len(ids) != len(preds):
+        raise ValueError(f"{len(ids)} ids for {len(preds)} predictions")
     lines = ["index\tprediction"]
-    for index, value in enumerate(preds):
+    for index, value in zip(ids if ids is not None else range(len(preds)), preds):
         if task.is_regression:
             lines.append(f"{index}\t{float(value):.3f}")
         else:
