@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -212,6 +213,30 @@ def _token_to_environment(args: GlueTrainingArguments) -> None:
         args.hub_token = None
 
 
+def _refuse_replacing_results(args: GlueTrainingArguments) -> None:
+    """A later run into an output folder keeps the earlier run's results: its all_results.json gains the new keys
+    (:func:`_merged_results`), and predictions that exist already are refused unless ``--overwrite_output_dir``."""
+    out = Path(args.output_dir)
+    earlier = sorted(p.name for p in out.glob("predict_results_*.tsv")) if out.is_dir() else []
+    if args.do_predict and earlier and not args.overwrite_output_dir:
+        raise UserError(f"--output_dir {out} holds predictions of an earlier run ({', '.join(earlier)}): pick another "
+                        "--output_dir, or pass --overwrite_output_dir to replace them")
+
+
+def _merged_results(path: Path, results: dict, overwrite: bool) -> dict:
+    """``results`` over the earlier run's all_results.json in the same folder (the same task; its keys this run does
+    not produce are kept), so a predict-only run does not erase the train and eval figures the report reads."""
+    if overwrite or not path.is_file():
+        return results
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return results
+    if not isinstance(earlier, dict) or earlier.get("task_name") != results.get("task_name"):
+        return results
+    return {**earlier, **results}
+
+
 def _resume_checkpoint(args: GlueTrainingArguments) -> Optional[str]:
     if args.resume_from_checkpoint or args.overwrite_output_dir or not os.path.isdir(args.output_dir):
         return args.resume_from_checkpoint
@@ -264,6 +289,7 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
     check.raise_if_any()
     local = [path for path in (data_args.train_file, data_args.validation_file, data_args.test_file) if path]
     check_output_folder(training_args.output_dir, flag="--output_dir", inputs=local)
+    _refuse_replacing_results(training_args)
     _token_to_environment(training_args)
     if training_args.finetune_checkpoint_at_end is not None:
         logger.warning("notice: --finetune_checkpoint_at_end has no effect in run_glue.py (it is "
@@ -362,5 +388,6 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
                 glue.write_predictions(output_dir / f"predict_results_{tag}.tsv", task, predictions, ids)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
+        results = _merged_results(output_dir / "all_results.json", results, training_args.overwrite_output_dir)
         write_json_atomic(output_dir / "all_results.json", results)
     return results

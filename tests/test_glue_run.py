@@ -196,3 +196,28 @@ def test_finetune_sh_seeds(tiny_exports, tmp_path):
     results = json.loads((tmp_path / "ft" / "rotten_tomatoes" / "all_results.json").read_text())
     assert results["seeds"] == [1, 2] and "eval_accuracy_std" in results
     assert (tmp_path / "ft" / "rotten_tomatoes" / "seed_2" / "eval_results.json").is_file()
+
+
+def test_a_later_run_into_the_same_folder_keeps_the_earlier_results(tiny_exports, tmp_path, capsys):
+    """Train + eval, then predict only from the fine-tuned model into the same folder: all_results.json keeps the
+    train and eval figures (it was rewritten as {"task_name": ...}); a second predict run is refused, not replacing
+    the first's predictions, unless --overwrite_output_dir."""
+    test_file = tmp_path / "test.csv"
+    test_file.write_text("index,text\n7,an utterly charming film\n9,a tedious slog\n")
+    out = tmp_path / "out"
+    first = _run("--model_name_or_path", tiny_exports["post-ln"], "--task_name", "rotten_tomatoes", "--output_dir",
+                 out, "--do_train", "--do_eval", "--max_train_samples", 64, "--max_eval_samples", 32, *TINY)
+    predict = ["--model_name_or_path", out, "--task_name", "rotten_tomatoes", "--output_dir", out, "--do_predict",
+               "--test_file", test_file, "--text_columns", "text", *TINY]
+    _run(*predict)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_accuracy"] == first["eval_accuracy"] and results["train_loss"] == first["train_loss"]
+    predictions = (out / "predict_results_rotten_tomatoes.tsv").read_text()
+    assert [line.split("\t")[0] for line in predictions.splitlines()] == ["index", "7", "9"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        _run(*predict)
+    assert refused.value.code == 2
+    assert "holds predictions of an earlier run (predict_results_rotten_tomatoes.tsv)" in capsys.readouterr().err
+    assert (out / "predict_results_rotten_tomatoes.tsv").read_text() == predictions
+    _run(*predict, "--overwrite_output_dir")
