@@ -67,6 +67,11 @@ class GlueDataArguments:
         default=None, metadata={"help": "Training data: csv, tsv (GLUE's own TSVs too), json or jsonl"})
     validation_file: Optional[str] = field(default=None, metadata={"help": "Validation data (same formats)"})
     test_file: Optional[str] = field(default=None, metadata={"help": "Test data for --do_predict (labels not needed)"})
+    glue_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "GLUE's glue_data/ folder (CoLA/, SST-2/, MRPC/, STS-B/, QQP/, MNLI/, QNLI/, RTE/, WNLI/): "
+                          "--task_name's train.tsv, dev.tsv and test.tsv (MNLI: dev/test_matched and _mismatched, "
+                          "both evaluated and predicted) instead of the Hub; --train_file etc. still override"})
     text_columns: Optional[str] = field(
         default=None, metadata={"help": "Text column(s) of local files, comma-separated: 'sentence' or "
                                         "'question1,question2'; default sentence1,sentence2 / sentence / text"})
@@ -92,6 +97,9 @@ class GlueDataArguments:
 
     def validate(self, check: ArgumentChecker) -> None:
         """Gather argument errors into ``check``."""
+        check.require(not self.glue_dir or self.task_name is not None, "--glue_dir needs --task_name (which task)")
+        check.require(not self.glue_dir or Path(self.glue_dir).expanduser().is_dir(),
+                      f"--glue_dir {self.glue_dir} is not a folder: give GLUE's glue_data/ folder")
         if self.task_name is not None:
             check.require(self.task_name.lower().replace("-", "") in glue.TASKS,
                           f"--task_name {self.task_name!r} is not one of: {', '.join(glue.TASKS)}")
@@ -158,7 +166,9 @@ def load_data(data_args: GlueDataArguments, cache_dir: Optional[str] = None) -> 
     files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
     local = glue.load_local_files(files, task, data_args.text_column_list, data_args.label_column) \
         if any(files.values()) else None
-    if task is not None and task.name == "rotten_tomatoes":
+    if task is not None and data_args.glue_dir:
+        base = glue.load_glue_dir(data_args.glue_dir, task)
+    elif task is not None and task.name == "rotten_tomatoes":
         base = glue.load_rotten_tomatoes()
     elif task is not None and local is None:
         base = glue.load_hub_task(task, data_args.dataset_name, cache_dir)

@@ -221,3 +221,51 @@ def test_a_later_run_into_the_same_folder_keeps_the_earlier_results(tiny_exports
     assert "holds predictions of an earlier run (predict_results_rotten_tomatoes.tsv)" in capsys.readouterr().err
     assert (out / "predict_results_rotten_tomatoes.tsv").read_text() == predictions
     _run(*predict, "--overwrite_output_dir")
+
+
+MNLI_COLUMNS = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+                "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+MNLI_LABELS = ("entailment", "neutral", "contradiction")
+
+
+def _mnli_file(path: Path, rows: int, first_index: int, kind: str) -> None:
+    """A file in MNLI's own glue_data layout: train 12 columns (label1, gold_label), dev 16 (label1-5, gold_label),
+    test 10 (no labels); parse columns with parentheses, as GLUE ships them."""
+    extra = {"train": ["label1", "gold_label"], "dev": [f"label{i}" for i in range(1, 6)] + ["gold_label"],
+             "test": []}[kind]
+    lines = ["\t".join(MNLI_COLUMNS + extra)]
+    for i in range(rows):
+        label = MNLI_LABELS[i % 3]
+        premise = f"the {['cat', 'dog', 'bird'][i % 3]} sat on mat number {i}"
+        hypothesis = [premise, f"a pet rested somewhere {i}", f"no animal was ever near mat {i}"][i % 3]
+        lines.append("\t".join([str(first_index + i), str(i), f"{i}e", "fiction", f"( ( {premise} ) )",
+                                f"( ( {hypothesis} ) )", f"(ROOT (S {premise}))", f"(ROOT (S {hypothesis}))", premise,
+                                hypothesis] + [label] * len(extra)))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_mnli_from_a_glue_dir_evaluates_and_predicts_matched_and_mismatched(tiny_exports, tmp_path):
+    mnli = tmp_path / "glue_data" / "MNLI"
+    mnli.mkdir(parents=True)
+    _mnli_file(mnli / "train.tsv", 48, 0, "train")
+    _mnli_file(mnli / "dev_matched.tsv", 12, 100, "dev")
+    _mnli_file(mnli / "dev_mismatched.tsv", 9, 200, "dev")
+    _mnli_file(mnli / "test_matched.tsv", 5, 300, "test")
+    _mnli_file(mnli / "test_mismatched.tsv", 4, 400, "test")
+    out = tmp_path / "out"
+    results = _run("--model_name_or_path", tiny_exports["post-ln"], "--task_name", "mnli", "--glue_dir",
+                   tmp_path / "glue_data", "--output_dir", out, "--do_train", "--do_eval", "--do_predict", *TINY)
+    assert results["train_samples"] == 48 and results["eval_samples"] == 12 and results["eval_samples_mm"] == 9
+    assert 0 <= results["eval_accuracy"] <= 1 and 0 <= results["eval_accuracy_mm"] <= 1
+    for tag, first, rows in (("mnli", 300, 5), ("mnli-mm", 400, 4)):
+        lines = (out / f"predict_results_{tag}.tsv").read_text().splitlines()
+        assert [line.split("\t")[0] for line in lines] == ["index", *map(str, range(first, first + rows))]
+        assert {line.split("\t")[1] for line in lines[1:]} <= set(MNLI_LABELS)
+
+
+def test_a_glue_dir_without_the_tasks_folder_is_one_clear_error(tiny_exports, tmp_path, capsys):
+    (tmp_path / "glue_data").mkdir()
+    with pytest.raises(SystemExit):
+        _run("--model_name_or_path", tiny_exports["post-ln"], "--task_name", "rte", "--glue_dir",
+             tmp_path / "glue_data", "--output_dir", tmp_path / "out", "--do_train", *TINY)
+    assert "has no RTE/ folder for rte: give the glue_data/ folder" in capsys.readouterr().err

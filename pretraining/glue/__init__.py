@@ -16,7 +16,8 @@ from pretraining.glue.models import (
     check_model_fits, checkpoint_model_type, checkpoint_tokenizer, load_model_for_task,
 )
 from pretraining.glue.readers import (
-    load_hub_task, load_local_files, load_rotten_tomatoes, read_table, rotten_tomatoes_splits, subset, tokenize_splits,
+    glue_dir_files, load_glue_dir, load_hub_task, load_local_files, load_rotten_tomatoes, read_table,
+    rotten_tomatoes_splits, subset, tokenize_splits,
 )
 from pretraining.glue.tasks import (
     GLUE_HUB_DATASET, GLUE_TASKS, METRICS, TASKS, TaskData, TaskSpec, compute_metrics, get_task, local_task,
@@ -25,7 +26,8 @@ from pretraining.glue.tasks import (
 
 __all__ = [
     "GLUE_HUB_DATASET", "GLUE_TASKS", "METRICS", "TASKS", "TaskData", "TaskSpec", "check_model_fits",
-    "checkpoint_model_type", "checkpoint_tokenizer", "compute_metrics", "get_task", "load_hub_task",
+    "checkpoint_model_type", "checkpoint_tokenizer", "compute_metrics", "get_task", "glue_dir_files", "load_glue_dir",
+    "load_hub_task",
     "load_local_files", "load_model_for_task", "load_rotten_tomatoes", "local_task", "metrics_function",
     "predictions_to_labels", "read_table", "rotten_tomatoes_splits", "subset", "tokenize_splits", "write_predictions",
 ]

@@ -251,6 +251,42 @@ def load_local_files(files: Mapping[str, Optional[str]], task: Optional[TaskSpec
                     {tag: splits["test"]} if "test" in splits else {})
 
 
+#: the standard glue_data/ layout (GLUE's download script): each task's folder, and its dev/test files per
+#: metric suffix / prediction tag (MNLI: matched and mismatched)
+GLUE_FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
+                "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+GLUE_DEV_FILES = {"mnli": {"": "dev_matched.tsv", "_mm": "dev_mismatched.tsv"}}
+GLUE_TEST_FILES = {"mnli": {"mnli": "test_matched.tsv", "mnli-mm": "test_mismatched.tsv"}}
+
+
+def glue_dir_files(glue_dir: str | Path, task: TaskSpec) -> tuple[Optional[Path], dict, dict]:
+    """``task``'s files in a glue_data/ folder: train, {metric suffix: dev file}, {prediction tag: test file}
+    (each that exists); a UserError naming the expected folder when the task has none."""
+    if task.name not in GLUE_FOLDERS:
+        raise UserError(f"--glue_dir holds the GLUE tasks ({', '.join(GLUE_FOLDERS)}), not {task.name!r}")
+    folder = Path(glue_dir).expanduser() / GLUE_FOLDERS[task.name]
+    if not folder.is_dir():
+        raise UserError(f"--glue_dir {glue_dir} has no {GLUE_FOLDERS[task.name]}/ folder for {task.name}: give the "
+                        "glue_data/ folder of GLUE's download script (CoLA/, SST-2/, MRPC/, ..., MNLI/)")
+    dev = GLUE_DEV_FILES.get(task.name, {"": "dev.tsv"})
+    test = GLUE_TEST_FILES.get(task.name, {tag: "test.tsv" for tag, _ in task.tests})
+    train = folder / "train.tsv"
+    return (train if train.is_file() else None, {k: folder / v for k, v in dev.items() if (folder / v).is_file()},
+            {k: folder / v for k, v in test.items() if (folder / v).is_file()})
+
+
+def load_glue_dir(glue_dir: str | Path, task: TaskSpec) -> TaskData:
+    """A GLUE task from a glue_data/ folder: every dev split evaluated (MNLI: matched and mismatched, as eval_* and
+    eval_*_mm) and every test split predicted (MNLI: mnli and mnli-mm)."""
+    train, evals, tests = glue_dir_files(glue_dir, task)
+
+    def read(path: Path, labelled: bool):
+        return _normalise(read_table(path, task.headerless_columns), task, None, str(path), labelled=labelled)
+
+    return TaskData(task, read(train, True) if train else None, {k: read(v, True) for k, v in evals.items()},
+                    {k: read(v, False) for k, v in tests.items()})
+
+
 def load_hub_task(task: TaskSpec, dataset_name: str = GLUE_HUB_DATASET, cache_dir: Optional[str] = None) -> TaskData:
     """Load a GLUE task from the Hub (``datasets.load_dataset(dataset_name, task)``)."""
     import datasets
