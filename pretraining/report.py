@@ -326,19 +326,24 @@ def main(argv: Optional[Sequence[str]] = None):
 
 
 
-def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
-    """A markdown table, one row per task, from each run's ``all_results.json`` dict (shell/finetune.sh's)."""
+def results_table(results: Mapping[str, Mapping[str, float]], failed: Sequence[str] = ()) -> str:
+    """A markdown table, one row per task, from each run's ``all_results.json`` dict (shell/finetune.sh's): a metric
+    over several seeds as mean ± std; a task in ``failed`` as FAILED, never with numbers an earlier run left."""
     from pretraining.glue.tasks import METRICS
 
     rows = ["| task | metrics | eval_loss | train_runtime (s) |", "|---|---|---|---|"]
     for name, result in results.items():
-        metrics = ", ".join(f"{k[len('eval_'):]} {v:.4f}" for k, v in result.items()
-                            if k.startswith("eval_") and isinstance(v, (int, float))
-                            and k[len("eval_"):].split("_mm")[0] in METRICS)
+        if name in failed:
+            rows.append(f"| {name} | FAILED (its error is above; no result of this call) | - | - |")
+            continue
+        metrics = ", ".join(
+            f"{k[len('eval_'):]} {v:.4f}" + (f" ± {result[k + '_std']:.4f}" if len(result.get("seeds", [])) > 1
+                                             and isinstance(result.get(k + "_std"), (int, float)) else "")
+            for k, v in result.items()
+            if k.startswith("eval_") and isinstance(v, (int, float)) and k[len("eval_"):].split("_mm")[0] in METRICS)
         loss = result.get("eval_loss", math.nan)
         rows.append(f"| {name} | {metrics or '-'} | {loss:.4f} | {result.get('train_runtime', math.nan):.1f} |")
     return "\n".join(rows)
-
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@
 #   shell/finetune.sh MODEL_DIR [TASK] [run_glue.py flags...]
 #   TASKS="mrpc cola stsb" shell/finetune.sh MODEL_DIR          # several tasks, then one results table
 #   EPOCHS=1 shell/finetune.sh MODEL_DIR rotten_tomatoes --max_train_samples 2000   # offline
+#   GLUE_DIR=glue_data TASKS="cola sst2 mrpc stsb qqp mnli qnli rte wnli" shell/finetune.sh MODEL_DIR   # local GLUE
 #
 # MODEL_DIR: a pretraining run's OUTPUT/JOB/pretrained folder, a Hugging Face checkpoint folder or Hub name.
 # Environment (default): TASKS (TASK, else mrpc), OUTPUT_DIR (RUN/finetune for a run's RUN/pretrained export,
@@ -13,12 +14,14 @@
 # LR (5e-5), BATCH_SIZE (32), EVAL_BATCH_SIZE (32), GRAD_ACCUM (1), EPOCHS (5), WEIGHT_DECAY (0.01),
 # MAX_SEQ_LENGTH (128), EVAL_STEPS (50), WARMUP_STEPS (50), LR_SCHEDULER (polynomial), MAX_GRAD_NORM (1.0),
 # SEED (42), SEEDS (e.g. "1 2 3": one run per seed in OUTPUT_DIR/TASK/seed_N, their mean and std in
-# OUTPUT_DIR/TASK/all_results.json; replaces SEED), PYTHON (the repo's .venv python, else python3).
+# OUTPUT_DIR/TASK/all_results.json; replaces SEED), PYTHON (the repo's .venv python, else python3),
+# GLUE_DIR (GLUE's glue_data/ folder: each task's files from there, its test set predicted too).
+# The table at the end marks each task that failed in this call (never an earlier run's numbers for it).
 # Flags given after TASK reach run_glue.py last, so they override all of these.
 set -euo pipefail
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 [[ $# -ge 1 && $1 != -* ]] || usage
@@ -44,6 +47,10 @@ if [[ -z ${OUTPUT_DIR:-} ]]; then
     fi
 fi
 
+GLUE_FLAGS=()
+if [[ -n ${GLUE_DIR:-} ]]; then
+    GLUE_FLAGS=(--glue_dir "$GLUE_DIR" --do_predict)
+fi
 if [[ -n ${SEEDS:-} ]]; then
     # shellcheck disable=SC2206
     SEED_FLAGS=(--seeds $SEEDS)
@@ -71,25 +78,26 @@ for task in $TASKS; do
         --warmup_steps "${WARMUP_STEPS:-50}" \
         --max_grad_norm "${MAX_GRAD_NORM:-1.0}" \
         "${SEED_FLAGS[@]}" \
+        "${GLUE_FLAGS[@]}" \
         --save_strategy no \
         "$@"; then
         failed+=("$task")
     fi
 done
 
-PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" - "$OUTPUT_DIR" $TASKS <<'PY'
+PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" - "$OUTPUT_DIR" "${failed[*]:-}" $TASKS <<'PY'
 import json
 import sys
 from pathlib import Path
 
 from pretraining.report import results_table
 
-out, tasks = Path(sys.argv[1]), sys.argv[2:]
+out, failed, tasks = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3:]
 results = {}
 for task in tasks:
     path = out / task / "all_results.json"
-    results[task] = json.loads(path.read_text()) if path.is_file() else {}
-print(results_table(results))
+    results[task] = json.loads(path.read_text()) if path.is_file() and task not in failed else {}
+print(results_table(results, failed))
 PY
 
 if [[ ${#failed[@]} -gt 0 ]]; then

@@ -196,6 +196,40 @@ def test_finetune_sh_seeds(tiny_exports, tmp_path):
     results = json.loads((tmp_path / "ft" / "rotten_tomatoes" / "all_results.json").read_text())
     assert results["seeds"] == [1, 2] and "eval_accuracy_std" in results
     assert (tmp_path / "ft" / "rotten_tomatoes" / "seed_2" / "eval_results.json").is_file()
+    assert f"accuracy {results['eval_accuracy']:.4f} ± {results['eval_accuracy_std']:.4f}" in proc.stdout
+
+
+def _rte_dir(glue_dir: Path) -> None:
+    """RTE in glue_data's layout: train/dev with index, sentence1, sentence2, label (strings); test without label."""
+    rte = glue_dir / "RTE"
+    rte.mkdir(parents=True)
+    rows = [(f"the river {i} flows north", f"a river {i} flows", "entailment") if i % 2 else
+            (f"the river {i} flows north", f"no river is near town {i}", "not_entailment") for i in range(40)]
+    for name, part in (("train.tsv", rows[:28]), ("dev.tsv", rows[28:])):
+        (rte / name).write_text("index\tsentence1\tsentence2\tlabel\n" +
+                                "".join(f"{i}\t{a}\t{b}\t{c}\n" for i, (a, b, c) in enumerate(part)))
+    (rte / "test.tsv").write_text("index\tsentence1\tsentence2\n" +
+                                  "".join(f"{i}\t{a}\t{b}\n" for i, (a, b, _) in enumerate(rows[:6])))
+
+
+def test_finetune_sh_runs_a_glue_dir_and_marks_a_failed_task(tiny_exports, tmp_path):
+    """Two tasks from GLUE_DIR: rte is there, mrpc is not. The table shows rte's numbers and marks mrpc FAILED,
+    never the numbers an earlier mrpc run left in its folder; the call exits 1."""
+    _rte_dir(tmp_path / "glue_data")
+    stale = tmp_path / "ft" / "mrpc"
+    stale.mkdir(parents=True)
+    (stale / "all_results.json").write_text(json.dumps({"task_name": "mrpc", "eval_accuracy": 0.9999}))
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "ft"), "EPOCHS": "1", "EVAL_STEPS": "1000", "MAX_SEQ_LENGTH": "32",
+           "BATCH_SIZE": "16", "WARMUP_STEPS": "0", "LR": "1e-3", "GLUE_DIR": str(tmp_path / "glue_data"),
+           "TASKS": "rte mrpc"}
+    proc = subprocess.run(["bash", str(ROOT / "shell" / "finetune.sh"), str(tiny_exports["post-ln"]),
+                           "--disable_tqdm", "true"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "| mrpc | FAILED" in proc.stdout and "0.9999" not in proc.stdout
+    assert "| rte | accuracy " in proc.stdout and "failed: mrpc" in proc.stderr
+    assert "has no MRPC/ folder for mrpc" in proc.stderr
+    predictions = (tmp_path / "ft" / "rte" / "predict_results_rte.tsv").read_text().splitlines()
+    assert len(predictions) == 7 and {p.split("\t")[1] for p in predictions[1:]} <= {"entailment", "not_entailment"}
 
 
 def test_a_later_run_into_the_same_folder_keeps_the_earlier_results(tiny_exports, tmp_path, capsys):
