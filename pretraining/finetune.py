@@ -325,6 +325,17 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
     return results
 
 
+def pretrained_model(model_name_or_path: str) -> str:
+    """The pretrained model a fine-tuning run starts from, at the root: a fine-tuned folder (MNLI's model predicting
+    AX) names the one it came from in its all_results.json; else the model itself (resolved when a folder)."""
+    path = Path(model_name_or_path).expanduser()
+    try:
+        recorded = json.loads((path / "all_results.json").read_text()).get("pretrained_model")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return str(recorded) if recorded else str(path.resolve()) if path.exists() else str(model_name_or_path)
+
+
 def summarize_seeds(per_seed: dict[int, dict]) -> dict:
     """One results dict for runs that differ only in their seed.
 
@@ -367,7 +378,8 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
     trainer = build_trainer(model, tokenizer, data, model_args, data_args, training_args, teacher)
 
     output_dir = Path(training_args.output_dir)
-    results: dict = {"task_name": task.name}
+    results: dict = {"task_name": task.name, "model_name_or_path": str(model_args.model_name_or_path),
+                     "pretrained_model": pretrained_model(model_args.model_name_or_path)}
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
         if not isinstance(trainer.model, BertPreTrainedModel):
@@ -396,6 +408,8 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
             predictions = trainer.predict(dataset).predictions
             if trainer.is_world_process_zero():
                 glue.write_predictions(output_dir / f"predict_results_{tag}.tsv", task, predictions, ids)
+                if tag in glue.SERVER_FILES:  # and under the GLUE server's own name (CoLA.tsv, MNLI-m.tsv, AX.tsv)
+                    glue.write_predictions(output_dir / f"{glue.SERVER_FILES[tag]}.tsv", task, predictions, ids)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         results = _merged_results(output_dir / "all_results.json", results, training_args.overwrite_output_dir)

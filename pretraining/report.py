@@ -1,6 +1,7 @@
 """Results table and plots from run folders.
 
-``python -m pretraining.report RUN_DIR... --out results.md --plot results.png [--csv results.csv]``
+``python -m pretraining.report RUN_DIR... --out results.md --plot results.png [--csv results.csv]``;
+``python -m pretraining.report --glue_submission FINETUNE_DIR... --out glue.zip`` (:mod:`pretraining.glue.submission`)
 
 A run folder is what ``run_pretraining.py`` writes (``args.json``, ``metrics.jsonl``)
 plus what ``run_glue.py`` writes under it (``finetune/<task>/all_results.json``). A
@@ -307,6 +308,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", help="write the 4-panel PNG here (e.g. results.png)")
     parser.add_argument("--csv", help="write the table as CSV here (e.g. results.csv)")
     parser.add_argument("--task", help="only this fine-tune task's results (default: every task found)")
+    parser.add_argument("--glue_submission", action="store_true",
+                        help="instead of the table: gather one model's GLUE predictions (CoLA.tsv ... AX.tsv, written "
+                             "by run_glue.py --do_predict) from the given fine-tuning folders into the zip --out names")
+    parser.add_argument("--allow_partial", action="store_true",
+                        help="--glue_submission: accept files of fewer rows than GLUE's test sets (a dry run)")
     return parser
 
 
@@ -314,6 +320,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None):
     """Print the results table; write the files named by --out/--csv/--plot."""
     args = _parser().parse_args(argv)
+    if args.glue_submission:
+        from pretraining.glue.submission import build_submission
+
+        if not args.out or not args.out.endswith(".zip"):
+            raise UserError("--glue_submission needs --out NAME.zip (the file the GLUE server takes)")
+        rows = build_submission(args.run_dirs, check_output_file(args.out, flag="--out"), args.allow_partial)
+        print("\n".join(f"{name}\t{count}" for name, count in rows.items()))
+        print(f"GLUE submission: {args.out} ({len(rows)} files)")
+        return rows
     for flag, path in (("--out", args.out), ("--csv", args.csv), ("--plot", args.plot)):
         if path:
             check_output_file(path, flag=flag)

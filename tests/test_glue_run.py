@@ -295,6 +295,20 @@ def test_mnli_from_a_glue_dir_evaluates_and_predicts_matched_and_mismatched(tiny
         lines = (out / f"predict_results_{tag}.tsv").read_text().splitlines()
         assert [line.split("\t")[0] for line in lines] == ["index", *map(str, range(first, first + rows))]
         assert {line.split("\t")[1] for line in lines[1:]} <= set(MNLI_LABELS)
+        server = "MNLI-m" if tag == "mnli" else "MNLI-mm"  # the GLUE server's name, same content
+        assert (out / f"{server}.tsv").read_text() == "\n".join(lines) + "\n"
+    assert results["pretrained_model"] == str(Path(tiny_exports["post-ln"]).resolve())
+
+    # AX: the MNLI model predicts the diagnostic set (glue_data/diagnostic/diagnostic.tsv: index, sentence1, sentence2)
+    diagnostic = tmp_path / "glue_data" / "diagnostic"
+    diagnostic.mkdir()
+    (diagnostic / "diagnostic.tsv").write_text("index\tsentence1\tsentence2\n0\tThe cat sat.\tA cat sat.\n"
+                                               "1\tNo dog barked.\tA dog barked.\n")
+    ax = _run("--model_name_or_path", out, "--task_name", "ax", "--glue_dir", tmp_path / "glue_data", "--output_dir",
+              tmp_path / "ax", "--do_predict", *TINY)
+    assert ax["pretrained_model"] == results["pretrained_model"]  # the root model, through MNLI's folder
+    lines = (tmp_path / "ax" / "AX.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 3 and {x.split("\t")[1] for x in lines[1:]} <= set(MNLI_LABELS)
 
 
 def test_a_glue_dir_without_the_tasks_folder_is_one_clear_error(tiny_exports, tmp_path, capsys):

@@ -85,7 +85,8 @@ def test_metrics_by_hand():
 
 
 def test_task_table_shapes():
-    assert set(glue.GLUE_TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
+    assert set(glue.GLUE_TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli", "ax"}
+    assert glue.TASKS["ax"].evals == () and glue.TASKS["ax"].label_names == glue.TASKS["mnli"].label_names
     assert glue.TASKS["stsb"].is_regression and glue.TASKS["stsb"].num_labels == 1
     assert glue.TASKS["mnli"].num_labels == 3 and [s for s, _ in glue.TASKS["mnli"].evals] == ["", "_mm"]
     assert glue.TASKS["mrpc"].pair and not glue.TASKS["sst2"].pair

@@ -20,12 +20,12 @@ from pretraining.glue.readers import (
     rotten_tomatoes_splits, subset, tokenize_splits,
 )
 from pretraining.glue.tasks import (
-    GLUE_HUB_DATASET, GLUE_TASKS, METRICS, TASKS, TaskData, TaskSpec, compute_metrics, get_task, local_task,
-    metrics_function, predictions_to_labels, write_predictions,
+    GLUE_HUB_DATASET, GLUE_TASKS, METRICS, SERVER_FILES, SERVER_ROWS, TASKS, TaskData, TaskSpec, compute_metrics,
+    get_task, local_task, metrics_function, predictions_to_labels, write_predictions,
 )
 
 __all__ = [
-    "GLUE_HUB_DATASET", "GLUE_TASKS", "METRICS", "TASKS", "TaskData", "TaskSpec", "check_model_fits",
+    "GLUE_HUB_DATASET", "GLUE_TASKS", "METRICS", "SERVER_FILES", "SERVER_ROWS", "TASKS", "TaskData", "TaskSpec", "check_model_fits",
     "checkpoint_model_type", "checkpoint_tokenizer", "compute_metrics", "get_task", "glue_dir_files", "load_glue_dir",
     "load_hub_task",
     "load_local_files", "load_model_for_task", "load_rotten_tomatoes", "local_task", "metrics_function",

@@ -254,9 +254,10 @@ def load_local_files(files: Mapping[str, Optional[str]], task: Optional[TaskSpec
 #: the standard glue_data/ layout (GLUE's download script): each task's folder, and its dev/test files per
 #: metric suffix / prediction tag (MNLI: matched and mismatched)
 GLUE_FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
-                "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
-GLUE_DEV_FILES = {"mnli": {"": "dev_matched.tsv", "_mm": "dev_mismatched.tsv"}}
-GLUE_TEST_FILES = {"mnli": {"mnli": "test_matched.tsv", "mnli-mm": "test_mismatched.tsv"}}
+                "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI", "ax": "diagnostic"}
+GLUE_DEV_FILES = {"mnli": {"": "dev_matched.tsv", "_mm": "dev_mismatched.tsv"}, "ax": {}}
+GLUE_TEST_FILES = {"mnli": {"mnli": "test_matched.tsv", "mnli-mm": "test_mismatched.tsv"},
+                   "ax": {"ax": "diagnostic.tsv"}}
 
 
 def glue_dir_files(glue_dir: str | Path, task: TaskSpec) -> tuple[Optional[Path], dict, dict]:
@@ -305,7 +306,7 @@ def load_hub_task(task: TaskSpec, dataset_name: str = GLUE_HUB_DATASET, cache_di
         ds = ds.select_columns([*names, *keep]).rename_columns(names)
         return ds.cast_column("label", datasets.Value("float32")) if labelled and task.is_regression else ds
 
-    return TaskData(task, convert("train", True),
+    return TaskData(task, convert("train", True) if "train" in raw else None,  # ax: a test split only
                     {suffix: convert(split, True) for suffix, split in task.evals},
                     {tag: convert(split, False) for tag, split in task.tests})
 

@@ -128,11 +128,20 @@ TASKS: Mapping[str, TaskSpec] = {
         _glue("qnli", (("question",), ("sentence",)), _BINARY_ENTAILMENT, ("accuracy",), submit_label_names=True),
         _glue("rte", (("sentence1",), ("sentence2",)), _BINARY_ENTAILMENT, ("accuracy",), submit_label_names=True),
         _glue("wnli", (("sentence1",), ("sentence2",)), ("not_entailment", "entailment"), ("accuracy",)),
+        # the diagnostic set: an MNLI model (its labels) predicts it; test only (its labels are not public)
+        _glue("ax", (("premise", "sentence1"), ("hypothesis", "sentence2")), ("entailment", "neutral", "contradiction"),
+              ("accuracy",), evals=(), submit_label_names=True),
         TaskSpec("rotten_tomatoes", (("sentence",),), ("rotten", "fresh"), ("accuracy", "f1"), tests=(),
                  submit_label_names=True),
     )
 }
 GLUE_TASKS = tuple(name for name in TASKS if name != "rotten_tomatoes")
+#: the GLUE server's file name (without .tsv) for each prediction tag, in the leaderboard's order
+SERVER_FILES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI-m",
+                "mnli-mm": "MNLI-mm", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI", "ax": "AX"}
+#: rows of each GLUE test set (what the server expects in each file)
+SERVER_ROWS = {"CoLA": 1063, "SST-2": 1821, "MRPC": 1725, "STS-B": 1379, "QQP": 390965, "MNLI-m": 9796,
+               "MNLI-mm": 9847, "QNLI": 5463, "RTE": 3000, "WNLI": 146, "AX": 1104}
 
 
 def get_task(name: str) -> TaskSpec:
