@@ -64,7 +64,8 @@ class GlueDataArguments:
     dataset_name: str = field(
         default=glue.GLUE_HUB_DATASET, metadata={"help": "Hub dataset holding the GLUE tasks"})
     train_file: Optional[str] = field(
-        default=None, metadata={"help": "Training data: csv, tsv (GLUE's own TSVs too), json or jsonl"})
+        default=None, metadata={"help": "Training data: csv, tsv (GLUE's own TSVs too; .txt as MRPC's raw files), "
+                                        "json, jsonl or parquet (the Hub's format)"})
     validation_file: Optional[str] = field(default=None, metadata={"help": "Validation data (same formats)"})
     test_file: Optional[str] = field(default=None, metadata={"help": "Test data for --do_predict (labels not needed)"})
     glue_dir: Optional[str] = field(

@@ -194,6 +194,25 @@ def test_glue_mrpc_tsv_with_quotes(tmp_path):
     assert list(data.tests["mrpc"]["idx"]) == ["1", "0"]  # the test file's own index column, kept for predictions
 
 
+def test_hub_parquet_and_mrpcs_raw_test_file(tmp_path):
+    """The Hub's parquet export (label ids, idx; the test split's labels are -1) and MRPC's raw
+    msr_paraphrase_test.txt (a TSV with a BOM, quotes left as they are, no index column)."""
+    pd.DataFrame({"sentence1": ["A man sat.", "It rained."], "sentence2": ["A person sat.", "It was dry."],
+                  "label": [1, 0], "idx": [0, 1]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"sentence1": ["He left."], "sentence2": ["He stayed."], "label": [-1], "idx": [42]}).to_parquet(
+        tmp_path / "test.parquet")
+    data = glue.load_local_files({"train": tmp_path / "train.parquet", "test": tmp_path / "test.parquet"},
+                                 glue.TASKS["rte"])
+    assert list(data.train["label"]) == [1, 0] and list(data.tests["rte"]["idx"]) == ["42"]
+    raw = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1089874\t1089925\tPCCW 's chief said \"no\" .\t" \
+          "Chief \"no\" , said PCCW .\n0\t3019446\t3019327\tThe sky was \"blue .\tIt rained .\n"
+    (tmp_path / "msr_paraphrase_test.txt").write_text(raw, encoding="utf-8")
+    mrpc = glue.load_local_files({"test": tmp_path / "msr_paraphrase_test.txt"}, glue.TASKS["mrpc"])
+    test = mrpc.tests["mrpc"]
+    assert list(test["sentence1"]) == ["PCCW 's chief said \"no\" .", "The sky was \"blue ."]
+    assert "idx" not in test.column_names  # no index column: the predictions are numbered by row, as GLUE's test.tsv
+
+
 QQP_HEADER = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
 
 
@@ -237,8 +256,11 @@ def test_local_file_errors(tmp_path):
     assert "review" in str(err.value)
     with pytest.raises(UserError, match="labels 'x', 'y' are not in the task's labels"):
         glue.load_local_files({"train": tmp_path / "t.csv"}, glue.TASKS["sst2"], text_columns=["review"])
-    (tmp_path / "t.parquet").write_text("x")
-    with pytest.raises(UserError, match="unsupported format 'parquet'"):
+    (tmp_path / "t.xlsx").write_text("x")
+    with pytest.raises(UserError, match="unsupported format 'xlsx'"):
+        glue.load_local_files({"train": tmp_path / "t.xlsx"})
+    (tmp_path / "t.parquet").write_text("not parquet")
+    with pytest.raises(UserError, match="cannot read .*t.parquet as Parquet"):
         glue.load_local_files({"train": tmp_path / "t.parquet"})
     with pytest.raises(UserError, match="does not exist"):
         glue.load_local_files({"train": tmp_path / "missing.csv"})

@@ -62,7 +62,7 @@ def _read_csv(path: Path, headerless: Optional[Sequence[str]]):
     import pandas as pd
 
     check_row_widths(path, ",", csv.QUOTE_MINIMAL)
-    return pd.read_csv(path, keep_default_na=False)
+    return pd.read_csv(path, keep_default_na=False, encoding="utf-8-sig")
 
 
 def _read_tsv(path: Path, headerless: Optional[Sequence[str]]):
@@ -70,7 +70,8 @@ def _read_tsv(path: Path, headerless: Optional[Sequence[str]]):
 
     # GLUE's TSVs hold unbalanced quotes: read fields as plain text, as GLUE's own readers do; a malformed row
     # (QQP's train.tsv has had records broken over two lines) is an error naming its line, never skipped or padded
-    options = dict(sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, on_bad_lines="error", dtype=str)
+    options = dict(sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, on_bad_lines="error", dtype=str,
+                   encoding="utf-8-sig")
     frame = pd.read_csv(path, nrows=1, **options)  # the header decides between a header and GLUE's headerless files
     if headerless and not {"index", "sentence", "label"} & set(frame.columns):
         check_row_widths(path, "\t", csv.QUOTE_NONE, width=len(headerless))
@@ -90,11 +91,24 @@ def _read_json(path: Path, headerless: Optional[Sequence[str]]):
         return pd.read_json(path, lines=True)
 
 
-READERS = {"csv": _read_csv, "tsv": _read_tsv, "json": _read_json, "jsonl": _read_json}
+def _read_parquet(path: Path, headerless: Optional[Sequence[str]]):
+    """Parquet, the Hub's own format (e.g. nyu-mll/glue's files: sentence columns, label, idx)."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise UserError(f"cannot read {path} as Parquet: {exc}") from None
+
+
+#: .txt is read as TSV: MRPC's raw files (msr_paraphrase_train.txt / _test.txt) are TSVs with a BOM
+READERS = {"csv": _read_csv, "tsv": _read_tsv, "txt": _read_tsv, "json": _read_json, "jsonl": _read_json,
+           "parquet": _read_parquet}
 
 
 def read_table(path: str | Path, headerless: Optional[Sequence[str]] = None):
-    """Read a csv/tsv/json/jsonl file (optionally .gz/.bz2/.xz compressed) into a DataFrame.
+    """Read a csv/tsv/txt (tab-separated)/json/jsonl/parquet file (text formats optionally .gz/.bz2/.xz compressed)
+    into a DataFrame; a delimited file's rows must all fit its columns (:func:`check_row_widths`).
 
     ``headerless`` names the columns of a TSV written without a header (GLUE's CoLA).
     """
