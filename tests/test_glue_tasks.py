@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -348,3 +349,79 @@ def test_model_fit_checks(bert_tokenizer):
     with pytest.raises(UserError, match="exceeds m's max_position_embeddings"):
         glue.check_model_fits(BertConfig(max_position_embeddings=64), bert_tokenizer, 128, "m")
     glue.check_model_fits(BertConfig(vocab_size=30528), bert_tokenizer, 128, "m")
+
+
+# --- the glue_data/ folder: every task's files with GLUE's own headers and quirks --------------------------------
+
+def _glue_data(root: Path) -> Path:
+    """A small glue_data/ tree as GLUE's download script leaves it: CoLA headerless train/dev, MRPC with a BOM and
+    unbalanced quotes, STS-B's 10 columns, QQP's id columns, MNLI's 12/16/10 columns and both halves, diagnostic."""
+    def write(task, name, header, rows, bom=False):
+        folder = root / task
+        folder.mkdir(parents=True, exist_ok=True)
+        text = ("\ufeff" if bom else "") + (header + "\n" if header else "") + "".join("\t".join(r) + "\n" for r in rows)
+        (folder / name).write_text(text, encoding="utf-8")
+
+    pairs = [("A man is playing a guitar.", "A man plays \"a guitar."), ("The sky is blue.", "It rained all day.")]
+    write("CoLA", "train.tsv", None, [("gj04", "1", "", "Our friends won't buy this."), ("gj04", "0", "*", "They drank the pub.")])
+    write("CoLA", "dev.tsv", None, [("bc01", "1", "", "The book was read.")])
+    write("CoLA", "test.tsv", "index\tsentence", [("0", "Bill ate."), ("1", "Ate Bill.")])
+    write("SST-2", "train.tsv", "sentence\tlabel", [("a gorgeous film ", "1"), ("dull ", "0")])
+    write("SST-2", "dev.tsv", "sentence\tlabel", [("fine ", "1")])
+    write("SST-2", "test.tsv", "index\tsentence", [("0", "a mess ")])
+    mrpc = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+    write("MRPC", "train.tsv", mrpc, [("1", "702876", "702977", *pairs[0]), ("0", "2108705", "2108831", *pairs[1])],
+          bom=True)
+    write("MRPC", "dev.tsv", mrpc, [("1", "1", "2", *pairs[0])], bom=True)
+    write("MRPC", "test.tsv", "index\t#1 ID\t#2 ID\t#1 String\t#2 String", [("0", "1", "2", *pairs[1])])
+    stsb = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2"
+    write("STS-B", "train.tsv", stsb + "\tscore", [("0", "main-captions", "MSRvid", "2012test", "0001", "none", "none",
+                                                     *pairs[0], "5.000"), ("1", "main-news", "x", "2013", "2", "none",
+                                                                           "none", *pairs[1], "0.400")])
+    write("STS-B", "dev.tsv", stsb + "\tscore", [("0", "main-captions", "MSRvid", "2012", "1", "none", "none", *pairs[0],
+                                                   "4.750")])
+    write("STS-B", "test.tsv", stsb, [("0", "main-captions", "MSRvid", "2012", "1", "none", "none", *pairs[1])])
+    write("QQP", "train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+          [("133273", "213221", "213222", "How do I learn?", "How to learn?", "1"), ("5", "1", "2", "Why?", "Who?", "0")])
+    write("QQP", "dev.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", [("7", "3", "4", "A?", "B?", "0")])
+    write("QQP", "test.tsv", "id\tquestion1\tquestion2", [("0", "How?", "Why?"), ("1", "Who?", "Whom?")])
+    mnli = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t" \
+           "sentence2_parse\tsentence1\tsentence2"
+    parse = ("( ( A ) )", "( ( B ) )", "(ROOT (S A))", "(ROOT (S B))")
+    write("MNLI", "train.tsv", mnli + "\tlabel1\tgold_label",
+          [("0", "31193", "31193n", "government", *parse, *pairs[0], "neutral", "neutral")])
+    for name, n in (("dev_matched.tsv", 2), ("dev_mismatched.tsv", 1)):
+        write("MNLI", name, mnli + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label",
+              [(str(i), "1", "1e", "fiction", *parse, *pairs[0], *["entailment"] * 6) for i in range(n)])
+    write("MNLI", "test_matched.tsv", mnli, [("0", "1", "1c", "fiction", *parse, *pairs[1])])
+    write("MNLI", "test_mismatched.tsv", mnli, [("0", "1", "1c", "letters", *parse, *pairs[1]),
+                                               ("1", "2", "2c", "letters", *parse, *pairs[0])])
+    for task, labels in (("QNLI", ("entailment", "not_entailment")), ("RTE", ("entailment", "not_entailment")),
+                         ("WNLI", ("0", "1"))):
+        header = "index\tquestion\tsentence" if task == "QNLI" else "index\tsentence1\tsentence2"
+        write(task, "train.tsv", header + "\tlabel", [("0", *pairs[0], labels[0]), ("1", *pairs[1], labels[1])])
+        write(task, "dev.tsv", header + "\tlabel", [("0", *pairs[0], labels[1])])
+        write(task, "test.tsv", header, [("0", *pairs[1])])
+    write("diagnostic", "diagnostic.tsv", "index\tsentence1\tsentence2", [("0", *pairs[0]), ("1", *pairs[1])])
+    return root
+
+
+@pytest.mark.parametrize("name, train, evals, tests", [
+    ("cola", [1, 0], {"": 1}, {"cola": 2}), ("sst2", [1, 0], {"": 1}, {"sst2": 1}),
+    ("mrpc", [1, 0], {"": 1}, {"mrpc": 1}), ("stsb", [5.0, 0.4], {"": 1}, {"stsb": 1}),
+    ("qqp", [1, 0], {"": 1}, {"qqp": 2}), ("mnli", [1], {"": 2, "_mm": 1}, {"mnli": 1, "mnli-mm": 2}),
+    ("qnli", [0, 1], {"": 1}, {"qnli": 1}), ("rte", [0, 1], {"": 1}, {"rte": 1}), ("wnli", [0, 1], {"": 1}, {"wnli": 1}),
+    ("ax", None, {}, {"ax": 2}),
+])
+def test_every_task_of_a_glue_data_folder_loads(tmp_path, name, train, evals, tests):
+    data = glue.load_glue_dir(_glue_data(tmp_path / "glue_data"), glue.TASKS[name])
+    if train is None:
+        assert data.train is None
+    else:
+        assert list(data.train["label"]) == pytest.approx(train)
+    assert {k: len(v) for k, v in data.evals.items()} == evals
+    assert {k: len(v) for k, v in data.tests.items()} == tests
+    for split in data.tests.values():  # every GLUE test file has its own index (QQP: id), kept for the predictions
+        assert list(split["idx"]) == [str(i) for i in range(len(split))]
+    if name == "mrpc":  # the BOM is not part of the first column's name; quotes stay as they are
+        assert list(data.train["sentence2"])[0] == "A man plays \"a guitar."
