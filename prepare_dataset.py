@@ -29,7 +29,7 @@ from pretraining.data.prepare_args import PrepareArguments, apply_defaults
 from pretraining.errors import run_main
 
 
-@run_main(interrupted=(
+@run_main(defer_interrupts=True, interrupted=(
     "every shard with its final name is complete (shards are written under a temporary name and renamed "
     "when done): rerun the same command to resume; finished shards and tokenized chunks are kept"))
 def main(argv=None):

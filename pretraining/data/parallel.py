@@ -5,10 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, Sequence
+
+from pretraining.errors import raise_if_interrupted
 
 
 def _exit_when(sentinel) -> None:
@@ -21,6 +24,8 @@ def _init_worker(modules: Sequence[str]) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_when, args=(parent.sentinel,), name="exit-with-parent", daemon=True).start()
+    # Ctrl-C reaches the whole process group: the parent alone decides to stop (then cancels and shuts the pool).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # N single-threaded workers: no nested thread pools oversubscribing the cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -70,6 +75,7 @@ class Workers:
         if self._pool is None:
             for task in tasks:
                 yield function(*task)
+                raise_if_interrupted()  # a noted Ctrl-C stops here, between tasks (never inside native code)
             return
         pending: deque = deque()
         try:
@@ -80,8 +86,10 @@ class Workers:
                     for future in [f for f in pending if f in done]:
                         pending.remove(future)
                         yield future.result()
+                        raise_if_interrupted()
             while pending:
                 yield pending.popleft().result()
+                raise_if_interrupted()
         finally:
             for future in pending:
                 future.cancel()
