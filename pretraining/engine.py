@@ -66,21 +66,17 @@ class DistInfo:
 
     def sum(self, values: list[float]) -> list[float]:
         """Sum a few numbers over all ranks (float64); the identity on one process."""
-        if self.world_size == 1:
-            return list(values)
-        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
+        return self._all_reduce(values, dist.ReduceOp.SUM) if self.world_size > 1 else list(values)
 
     def max(self, value: float) -> float:
         """The largest of ``value`` over all ranks (float64; a collective); ``value`` itself on one process."""
-        if self.world_size == 1:
-            return value
+        return self._all_reduce([value], dist.ReduceOp.MAX)[0] if self.world_size > 1 else value
+
+    def _all_reduce(self, values: list[float], op) -> list[float]:
         device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        tensor = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return float(tensor.item())
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
 
     def any(self, flag: bool) -> bool:
         """True when ``flag`` is true on any rank (a collective: every rank must call it)."""

@@ -329,12 +329,10 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
 def pretrained_model(model_name_or_path: str) -> str:
     """The pretrained model a fine-tuning run starts from, at the root: a fine-tuned folder (MNLI's model predicting
     AX) names the one it came from in its all_results.json; else the model itself (resolved when a folder)."""
+    from pretraining.glue.submission import recorded_pretrained_model
+
     path = Path(model_name_or_path).expanduser()
-    try:
-        recorded = json.loads((path / "all_results.json").read_text()).get("pretrained_model")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    return str(recorded) if recorded else str(path.resolve()) if path.exists() else str(model_name_or_path)
+    return recorded_pretrained_model(path) or (str(path.resolve()) if path.exists() else str(model_name_or_path))
 
 
 def summarize_seeds(per_seed: dict[int, dict]) -> dict:

@@ -134,11 +134,10 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
 
 
 def earlier_run(run_dir: Path) -> list[str]:
-    """What an earlier run left in ``run_dir`` (its checkpoints first, then its logs and export); [] when none."""
+    """What an earlier run left in ``run_dir`` (its checkpoints first, then its logs and export); [] when none.
+    (``run_dir`` passed :func:`pretraining.outputs.check_output_folder`: it is not a file.)"""
     from pretraining.checkpoint import list_checkpoints
 
-    if run_dir.is_file():
-        raise UserError(f"{run_dir} is a file, not a run folder: pick another --job_name or --output_dir")
     checkpoints = [p.name for p in list_checkpoints(run_dir / "checkpoints")]
     found = [f"checkpoints {', '.join(checkpoints)}"] if checkpoints else []
     return found + [name for name in ("metrics.jsonl", "args.json", "pretrained") if (run_dir / name).exists()]

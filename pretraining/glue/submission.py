@@ -26,11 +26,13 @@ from pretraining.glue.tasks import SERVER_FILES, SERVER_ROWS, TASKS
 SERVER_TASK = {name: TASKS["mnli" if tag.startswith("mnli") else tag] for tag, name in SERVER_FILES.items()}
 
 
-def _pretrained_model(folder: Path) -> str:
+def recorded_pretrained_model(folder: Path) -> str | None:
+    """The root pretrained model a fine-tuning folder's all_results.json records (None when it records none)."""
     try:
-        return str(json.loads((folder / "all_results.json").read_text()).get("pretrained_model") or "?")
+        recorded = json.loads((Path(folder) / "all_results.json").read_text()).get("pretrained_model")
     except (OSError, ValueError, AttributeError):
-        return "?"
+        return None
+    return str(recorded) if recorded else None
 
 
 def gather(folders: Iterable[str | Path]) -> dict[str, Path]:
@@ -81,7 +83,7 @@ def build_submission(folders: Iterable[str | Path], out: str | Path, allow_parti
         raise UserError(f"incomplete GLUE submission: {', '.join(f'{m}.tsv' for m in missing)} missing. Predict each "
                         "task with run_glue.py --do_predict (MNLI writes MNLI-m and MNLI-mm; AX is --task_name ax "
                         "with the MNLI model as --model_name_or_path) and give every folder")
-    models = {name: _pretrained_model(path.parent) for name, path in found.items()}
+    models = {name: recorded_pretrained_model(path.parent) or "?" for name, path in found.items()}
     if len(set(models.values())) > 1:
         groups: dict[str, list[str]] = {}
         for name, model in models.items():
