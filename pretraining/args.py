@@ -113,6 +113,8 @@ class OptimizerArguments:
 
     optimizer_type: str = field(
         default="adamw", metadata={"help": "Optimizer: adam (L2 decay), adamw (decoupled decay), lamb, adafactor, "
+                                           "lion, stableadamw, sfadamw (schedule-free AdamW: use --curve constant), "
+                                           "muon (Muon on the hidden matrices, AdamW on the rest), "
                                            "customized (the seed's --optimizer_conf_file)"}
     )
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate"})
@@ -173,7 +175,8 @@ class SchedulerArguments:
                           "then constant",
                   "choices": list(SCHEDULES)},
     )
-    curve: str = field(default="linear", metadata={"help": "Decay after warmup: linear (to 0), exp, or customized "
+    curve: str = field(default="linear", metadata={"help": "Decay after warmup: linear (to 0), exp, constant (none: "
+                                                          "schedule-free optimizers), or customized "
                                                           "(the seed's curves from --curve_conf_file)",
                                                   "choices": list(CURVE_NAMES)})
     curve_conf_file: Optional[str] = field(

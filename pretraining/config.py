@@ -84,7 +84,7 @@ def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, li
     Returns the gradient accumulation steps and the notices for no-op flags.
     """
     from pretraining.engine import bf16_accumulation_notice, check_precision_supported
-    from pretraining.optimizers import fused_lamb_problem, zero_sharding_problem
+    from pretraining.optimizers import deepspeed_problem, fused_lamb_problem
     from pretraining.schedules import step_warmup
 
     if config.run.add_nsp:
@@ -111,7 +111,8 @@ def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, li
     check.add(check_precision_supported(config.backend.precision))
     check.add(fused_lamb_problem(config.optimizer.optimizer_type, config.backend.fused_optimizer))
     if config.backend.deepspeed:
-        check.add(zero_sharding_problem(config.optimizer.optimizer_type, config.backend.zero_stage))
+        check.add(deepspeed_problem(config.optimizer.optimizer_type, config.backend.precision,
+                                    config.backend.zero_stage))
     check.raise_if_any()
     notices = [n for group in (config.data, config.backend, config.run) for n in group.notices()]
     notices += [n for n in (bf16_accumulation_notice(config.backend, accum),) if n]

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from pretraining.errors import UserError
+from pretraining.optimizers import switch_weights
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -296,9 +297,12 @@ class TorchEngine:
 
     def train(self) -> None:
         self.module.train()
+        switch_weights(self.optimizer, "train")
 
     def eval(self) -> None:
+        """Evaluation mode: no dropout, and a schedule-free optimizer's averaged weights (train() switches back)."""
         self.module.eval()
+        switch_weights(self.optimizer, "eval")
 
     @torch.no_grad()
     def evaluate(self, batch: dict):
@@ -412,9 +416,11 @@ class DeepSpeedEngine:
 
     def train(self) -> None:
         self.ds.train()
+        switch_weights(self.optimizer, "train")  # fp32 ZeRO 0 only (optimizers.deepspeed_problem)
 
     def eval(self) -> None:
         self.ds.eval()
+        switch_weights(self.optimizer, "eval")
 
     @torch.no_grad()
     def evaluate(self, batch: dict):
@@ -463,11 +469,12 @@ def build_engine(model, optimizer, *, ds_args, dist_info: DistInfo, train_batch_
                  grad_accum: int, optimizer_type: str):
     """DeepSpeedEngine with ``--deepspeed``, else TorchEngine; both see the same flags."""
     if ds_args.deepspeed:
-        from pretraining.optimizers import zero_sharding_problem
+        from pretraining.optimizers import deepspeed_problem
 
         config = deepspeed_config(ds_args, train_batch_size=train_batch_size, micro_batch=micro_batch,
                                   grad_accum=grad_accum)
-        problem = zero_sharding_problem(optimizer_type, int(config.get("zero_optimization", {}).get("stage", 0)))
+        problem = deepspeed_problem(optimizer_type, ds_args.precision,
+                                    int(config.get("zero_optimization", {}).get("stage", 0)))
         if problem:  # the stage may come from a --deepspeed_config file
             raise UserError(f"{problem} (the stage comes from --deepspeed_config {ds_args.deepspeed_config})"
                             if ds_args.deepspeed_config else problem)

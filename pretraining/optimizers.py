@@ -1,4 +1,4 @@
-"""Optimizers by name (``--optimizer_type``): adam, adamw, lamb, adafactor.
+"""Optimizers by name (``--optimizer_type``): adam, adamw, lamb, adafactor, lion, stableadamw, sfadamw, muon.
 
 :func:`build_optimizer` puts biases and normalisation weights in a group without
 weight decay and everything else in a group with ``--weight_decay``, then calls the
@@ -16,6 +16,23 @@ builder registered in :data:`OPTIMIZERS`:
   rate (``relative_step=False, scale_parameter=False``) and no first moment, as
   academic-budget-bert (which ignores the Adam betas for it); ``--adafactor_beta1``
   asks for a first moment.
+
+The modern optimizers, from pytorch-optimizer (each with ``--lr``, ``--weight_decay`` and the Adam betas/eps):
+
+* ``lion``: :class:`pytorch_optimizer.Lion` (Chen et al. 2023): the sign of an interpolated momentum, decoupled
+  decay; betas ``--adam_beta1/--adam_beta2`` (its authors' 0.9/0.99; the LR ~3-10x below AdamW's).
+* ``stableadamw``: :class:`pytorch_optimizer.StableAdamW` (Wortsman et al. 2023): AdamW whose step is divided per
+  tensor by max(1, RMS(g / sqrt(v))) (update clipping instead of gradient clipping).
+* ``sfadamw``: :class:`pytorch_optimizer.ScheduleFreeAdamW` (Defazio et al. 2024): no decay schedule (use
+  ``--curve constant``); the weights it trains on are an interpolation, and validation, checkpoints' exports and
+  the exported model use its averaged weights (the engines call its ``eval()``/``train()``).
+* ``muon``: :class:`pytorch_optimizer.Muon` (Jordan et al. 2024; Moonlight's update scaling, so it shares AdamW's
+  LR and decay): the orthogonalised momentum on the encoder's 2-D hidden matrices, AdamW on embeddings, norms,
+  biases and the task/MLM heads (:func:`muon_parameter_groups`), as its authors prescribe.
+
+Optimizers whose rule is per tensor (LAMB, Adafactor, StableAdamW, Muon) cannot run under ZeRO 1/2
+(:func:`zero_sharding_problem`); schedule-free AdamW's weight switch needs the module's own parameters, so on
+DeepSpeed it runs only at fp32 ZeRO 0 (:func:`deepspeed_problem`).
 
 ``use_fused``: None (default) picks torch's fused Adam/AdamW kernels when every
 parameter is on one CUDA GPU or every parameter is on the CPU (build the optimizer after
@@ -58,7 +75,13 @@ def fused_lamb_problem(optimizer_type: str, use_fused: bool | None) -> str | Non
 PER_TENSOR_RULES = {
     "lamb": "LAMB scales each layer's update by the ratio of that layer's weight norm to its update norm",
     "adafactor": "Adafactor factors each matrix's second moment into its row and column means",
+    "stableadamw": "StableAdamW divides each tensor's step by the RMS of its normalised gradient",
+    "muon": "Muon orthogonalises each hidden matrix's momentum as a whole (Newton-Schulz on the matrix)",
 }
+
+#: optimizers that keep two sets of weights and switch the module's parameters between them (train/eval)
+WEIGHT_SWITCHING = {"sfadamw": "schedule-free AdamW evaluates and exports its averaged weights by swapping them into "
+                               "the module's parameters (optimizer.eval()/train())"}
 
 
 def zero_sharding_problem(optimizer_type: str, zero_stage: int) -> str | None:
@@ -75,6 +98,44 @@ def zero_sharding_problem(optimizer_type: str, zero_stage: int) -> str | None:
     return (f"--optimizer_type {optimizer_type} cannot run under ZeRO stage {zero_stage}: {why}, and ZeRO stages 1-2 "
             "flatten every parameter group into one vector sliced across ranks, so the rule would be computed over "
             "slices that cut across layers (and change with the number of GPUs). Use --zero_stage 0 (or adam/adamw)")
+
+
+def deepspeed_problem(optimizer_type: str, precision: str, zero_stage: int) -> str | None:
+    """Why ``optimizer_type`` cannot run on the DeepSpeed engine with this precision and ZeRO stage, else None."""
+    problem = zero_sharding_problem(optimizer_type, zero_stage)
+    why = WEIGHT_SWITCHING.get(str(optimizer_type).lower())
+    if problem or why is None or (precision == "fp32" and not zero_stage):
+        return problem
+    return (f"--optimizer_type {optimizer_type} cannot run on DeepSpeed at {precision}, ZeRO stage {zero_stage}: {why}, "
+            "but there DeepSpeed steps it on its own fp32 copies, so validation and the export would see the training "
+            "weights. Run it without --deepspeed (the torch engine), or with --deepspeed at fp32 and --zero_stage 0")
+
+
+def switch_weights(optimizer, mode: str) -> None:
+    """``mode`` "train" or "eval": a weight-switching optimizer (schedule-free) swaps the module's parameters to its
+    training or averaged weights; any other optimizer is left alone. Idempotent.
+
+    The training weights are kept aside while evaluating and put back bit for bit (switching back by arithmetic, as
+    the optimizer's own ``train()`` does, rounds them: a run that validated would drift from one that did not, and a
+    resumed run would not continue exactly).
+    """
+    switch = getattr(optimizer, mode, None) if isinstance(optimizer, torch.optim.Optimizer) else None
+    if not callable(switch):
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if mode == "eval":
+        if getattr(optimizer, "_training_weights", None) is None and all(g.get("train_mode", True)
+                                                                         for g in optimizer.param_groups):
+            optimizer._training_weights = [p.detach().clone() for p in params]
+        switch()
+        return
+    kept = getattr(optimizer, "_training_weights", None)
+    switch()
+    if kept is not None:
+        with torch.no_grad():
+            for p, weights in zip(params, kept):
+                p.copy_(weights)
+        optimizer._training_weights = None
 
 
 class Lamb(torch.optim.Optimizer):
@@ -220,6 +281,74 @@ def _adafactor(groups, args, use_fused):
                      scale_parameter=False, warmup_init=False)
 
 
+def _lion(groups, args, use_fused):
+    from pytorch_optimizer import Lion
+
+    return Lion(groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), weight_decouple=True)
+
+
+def _stableadamw(groups, args, use_fused):
+    from pytorch_optimizer import StableAdamW
+
+    return StableAdamW(groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps,
+                       weight_decouple=True, kahan_sum=True)
+
+
+def _sfadamw(groups, args, use_fused):
+    from pytorch_optimizer import ScheduleFreeAdamW
+
+    # the warmup is the LR schedule's (--warmup_proportion / --num_warmup_steps), not the optimizer's own
+    return ScheduleFreeAdamW(groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps,
+                             warmup_steps=0)
+
+
+#: module-name parts of the layers Muon leaves to AdamW besides embeddings, norms and biases: the output heads
+MUON_HEADS = frozenset({"cls", "classifier", "lm_head", "pooler", "qa_outputs", "head"})
+
+
+def muon_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters Muon updates: the 2-D weights of the ``nn.Linear`` layers outside the heads
+    (:data:`MUON_HEADS`); embeddings (and the MLM decoder tied to them), norms and biases stay with AdamW."""
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    names = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or MUON_HEADS & set(module_name.split(".")):
+            continue
+        if module.weight.requires_grad and module.weight.dim() == 2 and id(module.weight) not in tied:
+            names.add(f"{module_name}.weight" if module_name else "weight")
+    return names
+
+
+def muon_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """:func:`parameter_groups` with the Muon matrices (:func:`muon_parameter_names`) split off the decayed group:
+    ``use_muon`` True for them, False for the AdamW groups."""
+    matrices = muon_parameter_names(model)
+    if not matrices:
+        raise UserError("--optimizer_type muon found no 2-D hidden matrix (nn.Linear outside the heads) to "
+                        "orthogonalise: use adamw for this model")
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    groups = []
+    for group in parameter_groups(model, weight_decay):
+        hidden = [p for p in group["params"] if by_id[id(p)] in matrices]
+        rest = [p for p in group["params"] if by_id[id(p)] not in matrices]
+        groups += [{**group, "params": ps, "use_muon": flag} for ps, flag in ((hidden, True), (rest, False)) if ps]
+    return groups
+
+
+def _muon(groups, args, use_fused):
+    from pytorch_optimizer import Muon
+
+    # use_adjusted_lr: Moonlight's scaling 0.2 * sqrt(max(rows, cols)) gives the orthogonal update AdamW's RMS, so
+    # one --lr and --weight_decay serve both kinds of group (Liu et al. 2025, "Muon is scalable for LLM training")
+    return Muon(groups, lr=args.lr, adamw_lr=args.lr, momentum=0.95, nesterov=True, use_adjusted_lr=True,
+                weight_decouple=True,
+                adamw_betas=(args.adam_beta1, args.adam_beta2), adamw_eps=args.adam_eps)
+
+
+#: optimizers whose parameter groups are not parameter_groups()'s two
+GROUPING = {"muon": muon_parameter_groups}
+
+
 class DummyOptimizer(torch.optim.Optimizer):
     """The seed's ``dummy`` optimizer: it never changes a weight (a baseline of the data and loop alone)."""
 
@@ -245,6 +374,7 @@ def _customized(groups, args, use_fused):
 
 #: name -> builder(param_groups, OptimizerArguments, use_fused) -> torch.optim.Optimizer
 OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw, "lamb": _lamb, "adafactor": _adafactor,
+                                   "lion": _lion, "stableadamw": _stableadamw, "sfadamw": _sfadamw, "muon": _muon,
                                    "customized": _customized}
 
 
@@ -255,7 +385,7 @@ def build_optimizer(model: nn.Module, args, use_fused: bool | None = None) -> to
     coefficients; :func:`fused_lamb_problem` the fused kernel).
     """
     name = str(args.optimizer_type).lower()
-    groups = parameter_groups(model, args.weight_decay)
+    groups = GROUPING.get(name, parameter_groups)(model, args.weight_decay)
     if not groups:
         raise UserError("the model has no trainable parameters (all have requires_grad=False)")
     return OPTIMIZERS[name](groups, args, use_fused)

@@ -70,6 +70,8 @@ class Curve:
 CURVES: dict[str, Curve] = {
     "linear": Curve(warmup=lambda f: f, decay=lambda x, w, t, rate, step: linear_decay(x, w, t)),
     "exp": Curve(warmup=lambda f: f * f, decay=lambda x, w, t, rate, step: exp_decay(x, w, rate, step)),
+    # warmup, then the peak LR to the end (schedule-free optimizers: --optimizer_type sfadamw)
+    "constant": Curve(warmup=lambda f: f, decay=lambda x, w, t, rate, step: 1.0),
 }
 
 

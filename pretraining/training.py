@@ -339,14 +339,18 @@ class Pretraining:
     def _export(self, folder: Path) -> None:
         from pretraining.modeling import export_pretrained
 
-        model = self.engine.export_model()  # every rank: a collective under ZeRO
-        if self.dist.is_main:
-            tmp = folder.with_name(f".tmp-{folder.name}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            with write_guard(folder, tmp):
-                export_pretrained(model, self.tokenizer, tmp, card=self._card())
-            swap_folder(tmp, folder, folder.with_name(f".old-{folder.name}"))
-            self.logger.print(f"model exported: {folder}")
+        self.engine.eval()  # a schedule-free optimizer's averaged weights are the model
+        try:
+            model = self.engine.export_model()  # every rank: a collective under ZeRO
+            if self.dist.is_main:
+                tmp = folder.with_name(f".tmp-{folder.name}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                with write_guard(folder, tmp):
+                    export_pretrained(model, self.tokenizer, tmp, card=self._card())
+                swap_folder(tmp, folder, folder.with_name(f".old-{folder.name}"))
+                self.logger.print(f"model exported: {folder}")
+        finally:
+            self.engine.train()
         self.dist.barrier()
 
     def _card(self) -> dict:

@@ -116,7 +116,46 @@ def adafactor(p, g, s, t, wd, a):
     return p - a.lr * wd * p - s["m"]
 
 
+def lion(p, g, s, t, wd, a):
+    """Lion (Chen et al. 2023, Alg. 2): the sign of beta1-interpolated momentum, decoupled decay, beta2 momentum."""
+    m = s.get("m", torch.zeros_like(p))
+    update = torch.sign(a.adam_beta1 * m + (1 - a.adam_beta1) * g)
+    s["m"] = a.adam_beta2 * m + (1 - a.adam_beta2) * g
+    return p * (1 - a.lr * wd) - a.lr * update
+
+
+def stableadamw(p, g, s, t, wd, a):
+    """StableAdamW (Wortsman et al. 2023, Alg. 2): AdamW with debiased betas and the step divided per tensor by
+    max(1, RMS(g / sqrt(v)))."""
+    def debiased(beta):
+        return beta * (1 - beta ** (t - 1)) / (1 - beta**t)
+
+    b1, b2 = debiased(a.adam_beta1), debiased(a.adam_beta2)
+    s["m"] = b1 * s.get("m", 0) + (1 - b1) * g
+    s["v"] = b2 * s.get("v", 0) + (1 - b2) * g * g
+    rms = float((g * g / s["v"].clamp(min=a.adam_eps**2)).mean().sqrt())
+    lr = a.lr / max(1.0, rms)
+    return p * (1 - lr * wd) - lr * s["m"] / (s["v"].sqrt() + a.adam_eps)
+
+
+def sfadamw(p, g, s, t, wd, a):
+    """Schedule-free AdamW (Defazio et al. 2024, Alg. 1; no warmup, c_t = lr_max^2 / sum lr_max^2): ``p`` is the
+    interpolation y the gradients are taken at; z the base iterate; x the average (stored in s["x"])."""
+    y = p
+    z, x = s.get("z", p), s.get("x", p)
+    s["v"] = a.adam_beta2 * s.get("v", 0) + (1 - a.adam_beta2) * g * g
+    update = g / ((s["v"] / (1 - a.adam_beta2**t)).sqrt() + a.adam_eps) + wd * y
+    s["weights"] = s.get("weights", 0.0) + a.lr**2
+    c = a.lr**2 / s["weights"]
+    s["z"] = z - a.lr * update
+    s["x"] = (1 - c) * x + c * s["z"]
+    return (1 - a.adam_beta1) * s["z"] + a.adam_beta1 * s["x"]
+
+
 CASES = {
+    "lion": (args("lion", lr=0.003, adam_beta2=0.99), lion),
+    "stableadamw": (args("stableadamw"), stableadamw),
+    "sfadamw": (args("sfadamw"), sfadamw),
     "adam": (args("adam"), adam_l2),
     "adamw": (args("adamw"), adamw),
     "lamb": (args("lamb", max_coeff=0.3, min_coeff=0.01), lamb),
@@ -136,6 +175,89 @@ def test_first_steps_match_the_published_update(case):
         torch.testing.assert_close(p.detach().double(), expected[name], atol=1e-6, rtol=1e-5, msg=name)
     if rule is lamb:  # the trust-ratio clip must bind for some tensor, or it is not tested
         assert any(state["clipped"] for state in states.values())
+
+
+def test_schedule_free_adamw_evaluates_and_exports_its_average():
+    """eval() puts the averaged weights x into the module (validation, export), train() the interpolation y back."""
+    from pretraining.optimizers import switch_weights
+
+    opt_args = args("sfadamw")
+    model = make_model()
+    _, states = reference(model, sfadamw, opt_args)
+    optimizer = build_optimizer(model, opt_args)
+    run(model, optimizer)
+    trained = {name: p.detach().clone() for name, p in model.named_parameters()}
+    switch_weights(optimizer, "eval")
+    switch_weights(optimizer, "eval")  # idempotent
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach().double(), states[name]["x"], atol=1e-6, rtol=1e-5, msg=name)
+        assert not torch.allclose(p, trained[name])
+    switch_weights(optimizer, "train")
+    for name, p in model.named_parameters():  # bit for bit (the optimizer's own train() rounds them)
+        assert torch.equal(p, trained[name]), name
+    switch_weights(torch.optim.AdamW(make_model().parameters()), "eval")  # any other optimizer: nothing happens
+
+
+def bert(**overrides):
+    config = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                  encoder_ln_mode="pre-ln")
+    torch.manual_seed(0)
+    return BertForPreTraining(BertConfig(**{**config, **overrides}))
+
+
+def test_muon_takes_the_encoders_hidden_matrices_and_leaves_the_rest_to_adamw():
+    from pretraining.optimizers import muon_parameter_names
+
+    model = bert()
+    names = muon_parameter_names(model)
+    assert names == {f"bert.encoder.layer.{i}.{m}.weight" for i in range(2) for m in (
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "intermediate.dense", "output.dense")}
+    optimizer = build_optimizer(model, args("muon"))
+    flags = {id(p): g["use_muon"] for g in optimizer.param_groups for p in g["params"]}
+    assert sorted(n for n, p in model.named_parameters() if flags[id(p)]) == sorted(names)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert all(decay[id(p)] == (0.0 if n.endswith("bias") or "LayerNorm" in n else 0.1)
+               for n, p in model.named_parameters())
+
+
+def test_muon_matches_torch_muon_on_the_matrices_and_torch_adamw_elsewhere():
+    """Our muon = torch.optim.Muon (Moonlight's match_rms_adamw LR scaling) on the hidden matrices + torch AdamW on
+    embeddings, norms, biases and heads, at the same LR and decay."""
+    from pretraining.optimizers import muon_parameter_names
+
+    opt_args = args("muon", lr=0.01, weight_decay=0.1)
+    ours, theirs = bert(), bert()
+    matrices = muon_parameter_names(theirs)
+    named = dict(theirs.named_parameters())
+    decayed_rest = [p for n, p in named.items() if n not in matrices and decayed(n)]
+    plain_rest = [p for n, p in named.items() if n not in matrices and not decayed(n)]
+    muon = torch.optim.Muon([named[n] for n in sorted(matrices)], lr=0.01, weight_decay=0.1, momentum=0.95,
+                            nesterov=True, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW([{"params": decayed_rest, "weight_decay": 0.1}, {"params": plain_rest, "weight_decay": 0.0}],
+                              lr=0.01, betas=(0.9, 0.98), eps=1e-6)
+
+    class Both:
+        def step(self):
+            muon.step()
+            adamw.step()
+
+    run(ours, build_optimizer(ours, opt_args))
+    run(theirs, Both())
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q, atol=2e-5, rtol=1e-4, msg=name)
+    moved = [n for n in matrices if not torch.allclose(dict(ours.named_parameters())[n], dict(bert().named_parameters())[n])]
+    assert sorted(moved) == sorted(matrices)
+
+
+def test_muon_refuses_a_model_without_hidden_matrices():
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.classifier = nn.Linear(4, 2)
+
+    with pytest.raises(UserError, match="no 2-D hidden matrix"):
+        build_optimizer(Heads(), args("muon"))
 
 
 def test_lamb_matches_pytorch_optimizer_lamb_without_clipping():
@@ -244,7 +366,8 @@ def test_errors_name_the_fix():
 
     check = ArgumentChecker()
     args("sgd", min_coeff=0.5, max_coeff=0.1).validate(check)
-    assert check.errors == ["--optimizer_type 'sgd' is not one of: adafactor, adam, adamw, customized, lamb",
+    assert check.errors == ["--optimizer_type 'sgd' is not one of: adafactor, adam, adamw, customized, lamb, lion, "
+                            "muon, sfadamw, stableadamw",
                             "LAMB needs 0 <= --min_coeff <= --max_coeff (got 0.5, 0.1)"]
     with pytest.raises(UserError, match="--min_coeff <= --max_coeff"):
         Lamb(make_model().parameters(), min_coeff=0.5, max_coeff=0.1)

@@ -123,7 +123,7 @@ def test_bad_schedules_name_the_fix():
     check = ArgumentChecker()
     sched(lr_schedule="cosine", curve="wavy").validate(check)
     assert check.errors == ["--lr_schedule 'cosine' is not one of: time, step, constant_step",
-                            "--curve 'wavy' is not one of: linear, exp, customized"]
+                            "--curve 'wavy' is not one of: linear, exp, constant, customized"]
     check = ArgumentChecker()
     sched(warmup_proportion=1.5, total_training_time=0, decay_step=0).validate(check)
     assert len(check.errors) == 3
