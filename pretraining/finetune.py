@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,16 @@ class GlueTrainingArguments(TrainingArguments):
         metadata={"help": "Fine-tune once per seed (e.g. --seeds 1 2 3), each run in OUTPUT_DIR/seed_<N>, and write "
                           "the mean and std of every eval metric over the seeds to OUTPUT_DIR/all_results.json "
                           "(replaces --seed)", "nargs": "+"})
+    learning_rate_grid: Optional[list[float]] = field(
+        default=None,
+        metadata={"help": "Choose --learning_rate from these values on a dev split carved out of the training "
+                          "examples (--dev_fraction; never the evaluation split): one run per value with the first "
+                          "seed on the rest of the training examples, scored by the task's main metric on the dev "
+                          "split; then the runs of --seeds with the best value on all training examples. The choice "
+                          "and every value's dev score are in all_results.json (lr_selection)", "nargs": "+"})
+    dev_fraction: float = field(
+        default=0.2, metadata={"help": "--learning_rate_grid: share of the training examples held out as the dev "
+                                       "split the LR is chosen on (a fixed split, the same for every model)"})
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:
@@ -154,6 +165,12 @@ class GlueTrainingArguments(TrainingArguments):
             self.save_steps = self.eval_steps
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds lists a seed twice ({self.seeds})")
+        if self.learning_rate_grid is not None:
+            if not self.learning_rate_grid or min(self.learning_rate_grid) <= 0 or \
+                    len(set(self.learning_rate_grid)) != len(self.learning_rate_grid):
+                raise ValueError(f"--learning_rate_grid must list distinct values > 0 (got {self.learning_rate_grid})")
+            if not 0.0 < self.dev_fraction < 1.0:
+                raise ValueError(f"--dev_fraction must be in (0, 1) (got {self.dev_fraction})")
         super().__post_init__()
         if self.fp16 and self.device.type == "cpu":
             raise ValueError("--fp16 needs a GPU and none is in use here (device cpu): on a CPU use --bf16 "
@@ -310,8 +327,14 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
     glue.checkpoint_model_type(model_args.model_name_or_path, model_args.cache_dir)  # a bad model path is named first
     tokenizer = glue.checkpoint_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
     data = glue.tokenize_splits(data, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length)
+    selection = None
+    if training_args.learning_rate_grid:
+        selection = select_learning_rate(model_args, data_args, training_args, data, tokenizer)
+        training_args = copy.copy(training_args)
+        training_args.learning_rate = selection["learning_rate"]
     if not training_args.seeds:
-        return _finetune_seed(model_args, data_args, training_args, data, tokenizer)
+        return _with_selection(_finetune_seed(model_args, data_args, training_args, data, tokenizer), selection,
+                               training_args)
     output_dir = Path(training_args.output_dir)
     per_seed = {}
     for seed in training_args.seeds:
@@ -319,10 +342,53 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
         args.seed, args.output_dir = seed, str(output_dir / SEED_DIR.format(seed))
         logger.info("fine-tuning with seed %d of %s into %s", seed, training_args.seeds, args.output_dir)
         per_seed[seed] = _finetune_seed(model_args, data_args, args, data, tokenizer)
-    results = summarize_seeds(per_seed)
+    results = _with_selection(summarize_seeds(per_seed), selection, None)
     if training_args.process_index == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "all_results.json", results)
+    return results
+
+
+#: where --learning_rate_grid puts each candidate's run inside --output_dir
+SELECTION_DIR = "lr_selection/lr_{:g}"
+
+
+def select_learning_rate(model_args: GlueModelArguments, data_args: GlueDataArguments,
+                         training_args: GlueTrainingArguments, data: glue.TaskData, tokenizer) -> dict:
+    """``--learning_rate_grid``: the LR whose run (first seed, training examples less the dev split) scores best on
+    the dev split by the task's main metric. Returns ``{"learning_rate", "metric", "dev_samples", "scores"}``."""
+    task = data.task
+    if data.train is None or len(data.train) < 4:
+        raise UserError("--learning_rate_grid needs training examples to carve a dev split from (at least 4)")
+    split = data.train.train_test_split(test_size=training_args.dev_fraction, seed=0, shuffle=True)
+    carved = dataclasses.replace(data, train=split["train"], evals={"": split["test"]}, tests={})
+    seed = (training_args.seeds or [training_args.seed])[0]
+    key, better = f"eval_{task.main_metric}", (min if task.main_metric == "mse" else max)
+    scores = {}
+    for lr in training_args.learning_rate_grid:
+        args = copy.copy(training_args)
+        args.learning_rate, args.seed, args.do_eval, args.do_predict, args.do_train = lr, seed, True, False, True
+        args.output_dir = str(Path(training_args.output_dir) / SELECTION_DIR.format(lr))
+        logger.info("choosing the learning rate: %g (seed %d, %d training, %d dev examples)", lr, seed,
+                    len(split["train"]), len(split["test"]))
+        score = _finetune_seed(model_args, data_args, args, carved, tokenizer).get(key)
+        scores[f"{lr:g}"] = None if score is None or not math.isfinite(score) else float(score)
+    finite = {lr: v for lr, v in scores.items() if v is not None}
+    if not finite:
+        raise UserError(f"--learning_rate_grid: no value gave a finite dev {task.main_metric} ({scores}): try "
+                        "smaller learning rates")
+    chosen = better(finite, key=finite.get)
+    logger.info("learning rate %s chosen on the dev split (%s %s)", chosen, task.main_metric, scores)
+    return {"learning_rate": float(chosen), "metric": task.main_metric, "dev_samples": len(split["test"]),
+            "dev_fraction": training_args.dev_fraction, "seed": seed, "scores": scores}
+
+
+def _with_selection(results: dict, selection: Optional[dict], training_args) -> dict:
+    """all_results.json with the LR choice recorded (``lr_selection`` and ``learning_rate``)."""
+    if selection is not None:
+        results = {**results, "learning_rate": selection["learning_rate"], "lr_selection": selection}
+        if training_args is not None and training_args.process_index == 0:  # one seed: rewrite its file
+            write_json_atomic(Path(training_args.output_dir) / "all_results.json", results)
     return results
 
 
@@ -378,7 +444,8 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
 
     output_dir = Path(training_args.output_dir)
     results: dict = {"task_name": task.name, "model_name_or_path": str(model_args.model_name_or_path),
-                     "pretrained_model": pretrained_model(model_args.model_name_or_path)}
+                     "pretrained_model": pretrained_model(model_args.model_name_or_path),
+                     "learning_rate": float(training_args.learning_rate)}
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
         if not isinstance(trainer.model, BertPreTrainedModel):

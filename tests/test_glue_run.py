@@ -317,3 +317,29 @@ def test_a_glue_dir_without_the_tasks_folder_is_one_clear_error(tiny_exports, tm
         _run("--model_name_or_path", tiny_exports["post-ln"], "--task_name", "rte", "--glue_dir",
              tmp_path / "glue_data", "--output_dir", tmp_path / "out", "--do_train", *TINY)
     assert "has no RTE/ folder for rte: give the glue_data/ folder" in capsys.readouterr().err
+
+
+def test_learning_rate_chosen_on_a_dev_split_carved_from_the_training_examples(tiny_exports, tmp_path):
+    """--learning_rate_grid: one run per value on 80% of the training examples, scored on the other 20% (never on
+    the validation split), then the seeds with the winner on all training examples."""
+    out = tmp_path / "grid"
+    results = _run("--model_name_or_path", tiny_exports["pre-ln"], "--task_name", "rotten_tomatoes", "--output_dir", out,
+                   "--do_train", "--do_eval", "--max_train_samples", 80, "--max_eval_samples", 40,
+                   *[a for a in TINY if a not in ("--seed", "0")], "--seeds", 1, 2,
+                   "--learning_rate_grid", "1e-9", "3e-3")
+    selection = results["lr_selection"]
+    assert selection["metric"] == "accuracy" and selection["dev_samples"] == 16 and selection["seed"] == 1
+    dev_runs = {lr: json.loads((out / "lr_selection" / f"lr_{lr}" / "all_results.json").read_text())
+                for lr in ("1e-09", "0.003")}
+    assert all(r["eval_samples"] == 16 and r["train_samples"] == 64 for r in dev_runs.values())
+    assert selection["scores"] == {"1e-09": dev_runs["1e-09"]["eval_accuracy"],
+                                   "0.003": dev_runs["0.003"]["eval_accuracy"]}
+    best = max(selection["scores"], key=selection["scores"].get)
+    assert results["learning_rate"] == float(best)
+    for seed in (1, 2):  # the final runs: all 80 training examples, the chosen LR, the validation split
+        final = json.loads((out / f"seed_{seed}" / "all_results.json").read_text())
+        assert final["train_samples"] == 80 and final["eval_samples"] == 40
+        assert final["learning_rate"] == float(best)
+    with pytest.raises(SystemExit):
+        _run("--model_name_or_path", tiny_exports["pre-ln"], "--task_name", "rotten_tomatoes", "--output_dir",
+             tmp_path / "bad", "--do_train", "--learning_rate_grid", "0", "1e-3")
