@@ -1,23 +1,22 @@
-"""The seed's experiment in one command, offline: ``python -m pretraining.demo --output_dir demo_output``.
+"""The seed's experiment as a study in miniature, offline: ``python -m pretraining.demo --output_dir demo_output``.
 
 Stages, each a real run of the project's scripts in a subprocess (the venv's python),
-with its output streamed to the console and to ``OUTPUT_DIR/logs/<stage>.log``:
+with its output in ``OUTPUT_DIR/logs/<stage>.log``:
 
 1. ``prepare_dataset.py``: the fine-tuning task's own unlabelled training text (``--corpus``, default
    ``rotten_tomatoes-unlabelled``) with a WordPiece vocabulary trained on it -> dynamic-masking shards;
-2. ``run_pretraining.py --max_steps 0``: the control, the same small BERT exported untrained; then once per
-   optimizer (adamw, adam, lamb, adafactor), the same budget of training time each (``--budget_minutes`` or
-   ``DEMO_BUDGET_MINUTES``);
-3. ``run_glue.py --seeds ...`` on the offline ``rotten_tomatoes`` task for the control and each pretrained
-   model, and for the packaged pretrained MiniLM as a reference row;
-4. :mod:`pretraining.report`: ``results.md``, ``results.csv`` and ``results.png`` (mean ± std over the seeds
-   and each model's gain over the control), and the table printed.
+2. :mod:`pretraining.study` into ``OUTPUT_DIR/study``: per optimizer (adamw, adam, lamb, adafactor and the modern
+   muon by default) a coarse LR grid, each run ``--max_steps`` optimizer steps (a step budget: the results do not
+   depend on the machine's load); the LR with the lowest held-out MLM loss rerun with every pretraining seed; the
+   untrained control with each seed; every model fine-tuned on the offline ``rotten_tomatoes`` task at the
+   fine-tuning LR its arm chose on a dev split carved out of the training examples;
+3. ``run_glue.py`` on the packaged pretrained MiniLM as a reference row;
+4. ``results.md``, ``results.csv``, ``results.png``: the study's table and plots, the reference, the settings and
+   the stage timings, and the table printed.
 
-Everything is written under ``--output_dir``. Rerunning (the runner is :mod:`pretraining.stages`) reuses
-finished stages (their settings are recorded in ``OUTPUT_DIR/stages/``), resumes a pretraining run that was
-interrupted after a checkpoint, and redoes a stage (and the stages built on it) whose
-settings changed. A failed stage does not stop the others; the report shows what is
-missing and the demo exits non-zero naming the failed stages and their logs.
+Rerunning reuses finished stages and finished runs inside the study (an interrupted pretraining run resumes from its
+last checkpoint), and redoes a stage whose settings changed. A failed stage does not stop the others; the demo
+exits non-zero naming the failed stages and their logs.
 """
 
 from __future__ import annotations
@@ -29,30 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pretraining import report, runs
-from pretraining.checkpoint import list_checkpoints
+from pretraining import runs
 from pretraining.cli import ArgumentChecker, parse_args
 from pretraining.errors import UserError, run_main
 from pretraining.stages import Stage, StageRunner, StageTiming, terminate_as_interrupt
 
-OPTIMIZERS = ("adamw", "adam", "lamb", "adafactor")
-BUDGET_ENV = "DEMO_BUDGET_MINUTES"
-DEFAULT_BUDGET_MINUTES = 2.0
+OPTIMIZERS = ("adamw", "adam", "lamb", "adafactor", "muon")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-#: the run folder of the no-pretraining control (the same model, initialised and exported untrained)
-CONTROL_JOB = "untrained"
-#: per-optimizer pretraining flags (everything else is equal). LAMB scales each layer's step to lr x its weight
-#: norm, so the small model's weights move far slower than under Adam at the same LR: it gets a larger one.
-OPTIMIZER_FLAGS = {"adamw": ["--lr", "5e-3"], "adam": ["--lr", "5e-3"], "lamb": ["--lr", "2e-2"],
-                   "adafactor": ["--lr", "5e-3"]}
-#: the pretraining recipe of every optimizer, from the ablation in benchmarks/RESULTS.md ("Pretraining that pays
-#: off"): no dropout (a budget this short cannot overfit), a larger init scale (a shorter plateau at the unigram
-#: level), pre-LN with the embedding LayerNorm (as measured; the export is transformers' RobertaPreLayerNorm),
-#: time-based linear schedule
+#: the pretraining recipe of every run, from the ablation in benchmarks/RESULTS.md ("Pretraining that pays off"): no
+#: dropout (a budget this short cannot overfit), a larger init scale (a shorter plateau at the unigram level), pre-LN
+#: with the embedding LayerNorm (the export is transformers' RobertaPreLayerNorm), a linear schedule over the steps
 RECIPE_FLAGS = ["--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0", "--initializer_range", "0.05",
                 "--encoder_ln_mode", "pre-ln", "--layernorm_embedding", "true", "--weight_decay", "0.01",
-                "--adam_beta2", "0.98",
-                "--lr_schedule", "time", "--curve", "linear", "--warmup_proportion", "0.06"]
+                "--adam_beta2", "0.98", "--curve", "linear", "--warmup_proportion", "0.06"]
 #: extra flags per precision, the same for run_pretraining.py and run_glue.py
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
 #: defaults of every stage's environment: offline, unbuffered output, no sub-second progress bars
@@ -66,14 +54,16 @@ class DemoArguments:
     """Flags of the demo (``python -m pretraining.demo --help``)."""
 
     output_dir: str = field(default="demo_output", metadata={"help": "Everything the demo writes goes here"})
-    budget_minutes: Optional[float] = field(
-        default=None,
-        metadata={"help": f"Pretraining time budget per optimizer, in minutes of training time (default: "
-                          f"${BUDGET_ENV}, else {DEFAULT_BUDGET_MINUTES})"})
+    max_steps: int = field(default=200, metadata={
+        "help": "Pretraining budget of every run in optimizer steps (a step budget: the results do not depend on "
+                "the machine's load)"})
     optimizers: list[str] = field(
         default_factory=lambda: list(OPTIMIZERS),
-        metadata={"help": f"Optimizers to pretrain with, each for the same budget (of: {', '.join(OPTIMIZERS)})",
-                  "nargs": "+"})
+        metadata={"help": f"Optimizers of the study (default: {', '.join(OPTIMIZERS)}; any of "
+                          "pretraining.study.DEFAULT_LR)", "nargs": "+"})
+    grid_points: int = field(default=3, metadata={"help": "LR grid size per optimizer (spaced 3x around its "
+                                                          "default; extended once when the best is on an edge)"})
+    parallel: int = field(default=2, metadata={"help": "Study runs at once (the cores are split between them)"})
     precision: str = field(
         default="auto",
         metadata={"help": "fp32, fp16 or bf16; auto: $PRECISION if set (as the shell wrappers), else fp16 on a "
@@ -106,14 +96,18 @@ class DemoArguments:
         default=1000, metadata={"help": "Evaluate on this many validation examples (a fixed-seed subset)"})
     finetune_max_seq_length: int = field(default=64, metadata={"help": "Fine-tuning sequence length"})
     finetune_epochs: float = field(default=4.0, metadata={
-        "help": "Fine-tuning epochs of the demo's models (with 2, the barely pretrained models stay at the majority "
+        "help": "Fine-tuning epochs of the study's models (with 2, the barely pretrained models stay at the majority "
                 "class)"})
-    finetune_lr: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate of the demo's models"})
+    finetune_lr_grid: list[float] = field(
+        default_factory=lambda: [3e-4, 1e-3, 3e-3],
+        metadata={"help": "Fine-tuning LRs each optimizer's first-seed model (and the control's) chooses from on a "
+                          "dev split carved out of the training examples; its other seeds use the choice",
+                  "nargs": "+"})
     finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size (every model)"})
     seeds: list[int] = field(
         default_factory=lambda: [1, 2, 3],
-        metadata={"help": "Fine-tune every model once per seed; the table shows mean, std and the gain over the "
-                          "untrained control", "nargs": "+"})
+        metadata={"help": "Pretraining seeds (initialisation and data order) of every optimizer and the control; "
+                          "the table shows mean ± std over them", "nargs": "+"})
     control: bool = field(
         default=True, metadata={"help": "Also fine-tune the untrained model (same architecture, init and tokenizer) "
                                         "as the control row every gain is measured against (--control false to skip)"})
@@ -130,26 +124,18 @@ class DemoArguments:
         default=False, metadata={"help": "Do not log pretraining to W&B (default: offline runs in each run folder "
                                          "when no API key is set)"})
 
-    def budget(self) -> float:
-        """Minutes per optimizer: the flag, else $DEMO_BUDGET_MINUTES, else the default."""
-        if self.budget_minutes is not None:
-            return self.budget_minutes
-        raw = os.environ.get(BUDGET_ENV, "").strip()
-        if not raw:
-            return DEFAULT_BUDGET_MINUTES
-        try:
-            return float(raw)
-        except ValueError:
-            raise UserError(f"${BUDGET_ENV}={raw!r} is not a number of minutes: set e.g. {BUDGET_ENV}=1.5") from None
-
     def validate(self, check: ArgumentChecker) -> None:
         """Gather every argument error into ``check``."""
+        from pretraining.study import DEFAULT_LR
+
         for name in self.optimizers:
-            check.choice("--optimizers", name, OPTIMIZERS)
+            check.choice("--optimizers", name, list(DEFAULT_LR))
         check.require(len(set(self.optimizers)) == len(self.optimizers), "--optimizers lists a name twice")
         check.choice("--precision", self.precision, PRECISIONS)
-        budget = self.budget()
-        check.require(budget > 0, f"the pretraining budget must be > 0 minutes (got {budget})")
+        check.require(self.max_steps > 0, f"--max_steps must be > 0 (got {self.max_steps})")
+        check.require(self.grid_points > 0 and self.parallel > 0, "--grid_points and --parallel must be > 0")
+        check.require(bool(self.finetune_lr_grid) and min(self.finetune_lr_grid) > 0,
+                      "--finetune_lr_grid must list values > 0")
         from pretraining.data.corpus import DATASETS
 
         for name in self.corpus:
@@ -164,7 +150,7 @@ class DemoArguments:
             check.require(value is None or value > 0, f"--{flag} must be > 0 (got {value})")
         for flag in ("max_seq_length", "num_train_shards", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "train_batch_size", "print_steps", "finetune_max_seq_length",
-                     "finetune_batch_size", "finetune_epochs", "finetune_lr", "reference_epochs", "reference_lr"):
+                     "finetune_batch_size", "finetune_epochs", "reference_epochs", "reference_lr"):
             check.require(getattr(self, flag) > 0, f"--{flag} must be > 0 (got {getattr(self, flag)})")
 
 
@@ -195,10 +181,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _has_end_line(run_dir: Path) -> bool:
-    return runs.load_run(run_dir).end is not None
-
-
 def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list[Path]]:
     """The demo's stages in order, and the run folders the report reads (the control first)."""
     out = Path(args.output_dir).resolve()
@@ -213,35 +195,34 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
         prepare_argv += ["--max_documents", str(args.max_documents)]
     prepare = Stage("prepare", "prepare_dataset.py", prepare_argv, data,
                     is_complete=lambda: (data / "manifest.json").is_file())
-    stages, run_dirs = [prepare], []
-    hours = f"{args.budget() / 60:.6g}"
-    common = ["--dataset_path", str(data), "--output_dir", str(out / "pretrain"), "--model_type", "bert-mlm",
-              "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.num_hidden_layers),
-              "--num_attention_heads", str(args.num_attention_heads), "--intermediate_size", str(args.intermediate_size),
-              "--max_position_embeddings", str(max(args.max_seq_length, args.finetune_max_seq_length)),
-              *RECIPE_FLAGS,  # the masking rate comes from the shards' manifest (the prepare stage's flag)
-              "--total_training_time", hours, "--early_exit_time_marker", hours,
-              "--train_batch_size", str(args.train_batch_size),
-              "--train_micro_batch_size_per_gpu", str(args.train_batch_size),
-              "--print_steps", str(args.print_steps), "--do_validation", "--validation_epochs", "1",
-              "--validation_micro_batch", "64", "--num_epochs_between_checkpoints", "10", "--keep_checkpoints", "1",
-              "--project_name", "budget-bert-demo", "--seed", "42", *PRECISION_FLAGS[precision]]
-    if args.no_wandb:
-        common.append("--no_wandb")
-    jobs = [(CONTROL_JOB, ["--optimizer_type", "adamw", *OPTIMIZER_FLAGS["adamw"], "--max_steps", "0"])] \
-        if args.control else []
-    jobs += [(name, ["--optimizer_type", name, *OPTIMIZER_FLAGS[name]]) for name in args.optimizers]
-    for name, flags in jobs:
-        run_dir = out / "pretrain" / name
-        pretrain = Stage(
-            f"pretrain-{name}", "run_pretraining.py", [*common, "--job_name", name, *flags], run_dir, depends=[prepare],
-            is_complete=lambda d=run_dir: _has_end_line(d) and (d / "pretrained" / "config.json").is_file(),
-            resume_argv=lambda d=run_dir: ["--load_training_checkpoint", str(d), "--load_checkpoint_id", "latest"]
-            if list_checkpoints(d / "checkpoints") else [])
-        stages.append(pretrain)
-        stages.append(_finetune_stage(args, precision, f"finetune-{name}", run_dir / "pretrained", run_dir, [pretrain],
-                                      lr=args.finetune_lr, epochs=args.finetune_epochs, seeds=args.seeds))
-        run_dirs.append(run_dir)
+    study_dir = out / "study"
+    pretrain_flags = [
+        "--model_type", "bert-mlm", "--hidden_size", str(args.hidden_size),
+        "--num_hidden_layers", str(args.num_hidden_layers), "--num_attention_heads", str(args.num_attention_heads),
+        "--intermediate_size", str(args.intermediate_size),
+        "--max_position_embeddings", str(max(args.max_seq_length, args.finetune_max_seq_length)),
+        *RECIPE_FLAGS,  # the masking rate comes from the shards' manifest (the prepare stage's flag)
+        "--train_batch_size", str(args.train_batch_size), "--train_micro_batch_size_per_gpu", str(args.train_batch_size),
+        "--print_steps", str(args.print_steps), "--validation_epochs", "1", "--validation_micro_batch", "64",
+        "--num_epochs_between_checkpoints", "10", "--keep_checkpoints", "1", "--project_name", "budget-bert-demo",
+        *(["--no_wandb"] if args.no_wandb else [])]
+    finetune_flags = ["--max_seq_length", str(args.finetune_max_seq_length), "--per_device_train_batch_size",
+                      str(args.finetune_batch_size), "--per_device_eval_batch_size", "128", "--num_train_epochs",
+                      str(args.finetune_epochs), "--weight_decay", "0.01", "--warmup_ratio", "0.1", "--logging_steps",
+                      "20"]
+    for flag in ("max_train_samples", "max_eval_samples"):
+        if getattr(args, flag):
+            finetune_flags += [f"--{flag}", str(getattr(args, flag))]
+    study_argv = ["-m", "pretraining.study", "--output_dir", str(study_dir), "--dataset_path", str(data),
+                  "--optimizers", *args.optimizers, "--precisions", precision, "--grid_points", str(args.grid_points),
+                  "--max_steps", str(args.max_steps), "--seeds", *map(str, args.seeds),
+                  "--control", str(args.control).lower(), "--parallel", str(args.parallel),
+                  "--finetune_task", args.task_name, "--finetune_lr_grid", *[f"{v:g}" for v in args.finetune_lr_grid],
+                  "--finetune_lr_per_model", "false", "--finetune_args", " ".join(finetune_flags),
+                  "--", *pretrain_flags]
+    study = Stage("study", "", study_argv, study_dir, depends=[prepare],
+                  is_complete=lambda: (study_dir / "study.md").is_file() and not _study_failed(study_dir))
+    stages, run_dirs = [prepare, study], []
     if args.reference:
         from pretraining.resources import minilm_dir
 
@@ -253,6 +234,10 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
         stages.append(stage)
         run_dirs.append(run_dir)
     return stages, run_dirs
+
+
+def _study_failed(study_dir: Path) -> bool:
+    return "## Failed runs" in (study_dir / "study.md").read_text(errors="replace")
 
 
 def _finetune_stage(args: DemoArguments, precision: str, name: str, model: Path, run_dir: Path,
@@ -295,18 +280,18 @@ def _settings_section(args: DemoArguments, precision: str, device: str, manifest
         f"{args.masked_lm_prob:g}), {vocabulary}",
         f"- model: BERT L{args.num_hidden_layers}-H{args.hidden_size}, {args.num_attention_heads} heads, "
         f"FFN {args.intermediate_size}, pre-LN; batch {args.train_batch_size}",
-        f"- pretraining: {args.budget():g} minutes of training time per optimizer, time-based linear LR schedule "
-        f"(common: {' '.join(RECIPE_FLAGS)}; per optimizer: "
-        f"{'; '.join(o + ' ' + ' '.join(OPTIMIZER_FLAGS[o]) for o in args.optimizers)})",
-        f"- control: {'the same model with no pretraining step (run_pretraining.py --max_steps 0), fine-tuned alike' if args.control else 'none (--control false)'}",
+        f"- pretraining: {args.max_steps} optimizer steps per run, step-based linear LR schedule (common: "
+        f"{' '.join(RECIPE_FLAGS)}); LR grid of {args.grid_points} values per optimizer spaced 3x (extended once at "
+        f"an edge), chosen on held-out MLM loss with seed {args.seeds[0]}, then seeds {' '.join(map(str, args.seeds))}",
+        f"- control: {'the same model with no pretraining step (run_pretraining.py --max_steps 0), each seed, fine-tuned alike' if args.control else 'none (--control false)'}",
         f"- fine-tuning: {args.task_name}, {args.max_train_samples or 'all'} training examples, "
         f"{args.max_eval_samples or 'all'} validation examples, sequence length {args.finetune_max_seq_length}, "
-        f"batch {args.finetune_batch_size}; the demo's models {args.finetune_epochs:g} epoch(s) at LR "
-        f"{args.finetune_lr:g}, seeds {' '.join(map(str, args.seeds))}"
+        f"batch {args.finetune_batch_size}; the study's models {args.finetune_epochs:g} epoch(s), fine-tuning seed 1, "
+        f"LR chosen from {', '.join(f'{v:g}' for v in args.finetune_lr_grid)} by each arm's first-seed model on a dev "
+        "split (20% of the training examples)"
         + (f"; the reference MiniLM-L6-H384 {args.reference_epochs:g} epoch(s) at LR {args.reference_lr:g}, "
            f"seeds {' '.join(map(str, args.reference_seeds))}" if args.reference else ""),
-        "- gain vs control: mean difference of the task's main metric in points, ± the combined spread "
-        "sqrt(std^2 + std_control^2); (n.s.) marks a gain no larger than that spread",
+
         "", "## Stage timings", "",
         "Wall-clock time, and CPU time summed over the stage's threads; a reused stage shows its earlier run.", "",
         "| stage | status | wall time | CPU time |", "|---|---|---|---|",
@@ -319,8 +304,37 @@ def _settings_section(args: DemoArguments, precision: str, device: str, manifest
     return "\n".join(lines) + "\n"
 
 
+def write_results(args: DemoArguments, out: Path, reference_dirs: Sequence[Path], precision: str, device: str,
+                  timings: Sequence[StageTiming]) -> str:
+    """results.md (the study's table, the reference row, the settings, the stage timings), results.csv and
+    results.png (the study's); returns the markdown."""
+    import shutil
+
+    from pretraining.atomic import write_text_atomic
+
+    study_dir = out / "study"
+    parts = [(study_dir / "study.md").read_text() if (study_dir / "study.md").is_file() else
+             "# Optimizer study\n\nThe study stage did not finish: see logs/study.log.\n"]
+    for name in ("csv", "png"):
+        if (study_dir / f"study.{name}").is_file():
+            shutil.copyfile(study_dir / f"study.{name}", out / f"results.{name}")
+    for run_dir in reference_dirs:
+        results_path = run_dir / runs.FINETUNE_DIR / args.task_name / runs.RESULTS_FILE
+        if results_path.is_file():
+            results = json.loads(results_path.read_text())
+            parts.append(f"Reference: the packaged pretrained MiniLM-L6-H384 (another architecture and pretraining, "
+                         f"no gain computed) reaches {100 * results.get('eval_accuracy', float('nan')):.1f} "
+                         f"({args.task_name} accuracy, seeds {' '.join(map(str, args.reference_seeds))}).\n")
+    manifest_path = out / "data" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    parts.append(_settings_section(args, precision, device, manifest, timings))
+    text = "\n".join(parts)
+    write_text_atomic(out / "results.md", text)
+    return text
+
+
 @run_main
-def main(argv=None) -> list[dict]:
+def main(argv=None) -> str:
     """Run the demo (see the module docstring); returns the report's rows."""
     (args,) = parse_args([DemoArguments], argv)
     check = ArgumentChecker()
@@ -332,31 +346,27 @@ def main(argv=None) -> list[dict]:
     stages, run_dirs = build_stages(args, precision)
     defaults = {**STAGE_ENV, **({"DS_ACCELERATOR": "cpu"} if device.startswith("CPU") else {})}
     runner = StageRunner(out, total=len(stages) + 1, env=defaults)
-    runner.say(f"offline demo into {out}: {len(args.optimizers)} optimizer(s) x {args.budget():g} min of "
-               f"pretraining ({device}, {precision}), then {args.task_name} fine-tuning and the report")
+    runner.say(f"offline demo into {out}: a study of {len(args.optimizers)} optimizer(s) x {args.grid_points} LRs x "
+               f"{args.max_steps} steps, {len(args.seeds)} seeds ({device}, {precision}), then {args.task_name} "
+               "fine-tuning and the report")
     try:
         with terminate_as_interrupt():
             for stage in stages:
                 runner.run(stage)
     except KeyboardInterrupt:
-        runner.say("interrupted: rerun the same command to continue (finished stages are reused, an interrupted "
-                   "pretraining run resumes from its last checkpoint)")
+        runner.say("interrupted: rerun the same command to continue (finished stages and runs are reused, an "
+                   "interrupted pretraining run resumes from its last checkpoint)")
         raise SystemExit(130) from None
     runner.index += 1
     runner.say(f"stage {runner.index}/{runner.total} report")
-    rows, table = report.build_report(run_dirs, out=out / "results.md", plot=out / "results.png",
-                                      csv_path=out / "results.csv", task=args.task_name)
-    manifest_path = out / "data" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    with open(out / "results.md", "a", encoding="utf-8") as handle:
-        handle.write("\n" + _settings_section(args, precision, device, manifest, runner.timings))
+    table = write_results(args, out, run_dirs, precision, device, runner.timings)
     print("\n" + table, flush=True)
     runner.say(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.png'}")
     if runner.failed:
         failed = "; ".join(f"{name} (log: {log})" for name, log in runner.failed.items())
         raise UserError(f"{len(runner.failed)} stage(s) did not finish: {failed}. Fix the cause and rerun the same "
                         "command: finished stages are reused")
-    return rows
+    return table
 
 
 if __name__ == "__main__":

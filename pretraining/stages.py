@@ -131,7 +131,7 @@ class StageRunner:
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**self.env, **os.environ}  # the caller's environment wins over the demo's defaults
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        command = [sys.executable, str(ROOT / stage.script), *argv]
+        command = [sys.executable, *([str(ROOT / stage.script)] if stage.script else []), *argv]  # "": a -m module
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"$ {' '.join(command)}\n")
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,

@@ -251,10 +251,12 @@ def render(rows: Sequence[dict], study) -> str:
             lines.append(f"| {r['optimizer']} | {r['precision']} | {'; '.join(cells)} |")
     if a.finetune_task:
         lines += ["", f"## Fine-tuning on {a.finetune_task}", "",
-                  f"Each model (every seed) chose its own fine-tuning LR from {', '.join(f'{v:g}' for v in a.finetune_lr_grid)} "
-                  "on a dev split carved out of the training examples (run_glue.py --learning_rate_grid), then was "
-                  "scored on the validation split. Gain: mean minus the untrained control's, ± the spread, * where "
-                  "Welch's t-test gives p < 0.05.", "",
+                  ("Each model (every seed) chose its own" if a.finetune_lr_per_model else
+                   "Each optimizer's first-seed model (and the control's) chose its arm's") +
+                  f" fine-tuning LR from {', '.join(f'{v:g}' for v in a.finetune_lr_grid)} on a dev split carved out "
+                  "of the training examples (run_glue.py --learning_rate_grid); every model was then fine-tuned "
+                  f"(seed {a.finetune_seed}) and scored on the validation split, so the ± spans the pretraining seeds. "
+                  "Gain: mean minus the untrained control's, ± the spread, * where Welch's t-test gives p < 0.05.", "",
                   "| model | precision | seeds | fine-tuning LRs chosen | score | gain vs control |", "|---|---|---|---|---|---|"]
         for r in rows:
             gain = r.get("gain")

@@ -103,25 +103,19 @@ def test_stage_failure_skips_dependents_and_names_the_log(tmp_path):
 def test_bad_arguments_are_reported_together(tmp_path, monkeypatch):
     with pytest.raises(UserError) as exc:
         demo.main.__wrapped__(["--output_dir", str(tmp_path), "--optimizers", "sgd", "adamw",
-                               "--max_train_samples", "0", "--budget_minutes", "-1"])
+                               "--max_train_samples", "0", "--max_steps", "-1"])
     message = str(exc.value)
     assert "invalid arguments (3)" in message and "sgd" in message and "adafactor" in message
-    assert "--max_train_samples must be > 0" in message and "budget must be > 0" in message
-    monkeypatch.setenv(demo.BUDGET_ENV, "ten")
-    with pytest.raises(UserError, match="DEMO_BUDGET_MINUTES='ten' is not a number"):
-        demo.main.__wrapped__(["--output_dir", str(tmp_path)])
-    monkeypatch.setenv(demo.BUDGET_ENV, "0.25")
-    assert demo.DemoArguments().budget() == 0.25
-    assert demo.DemoArguments(budget_minutes=2.0).budget() == 2.0
+    assert "--max_train_samples must be > 0" in message and "--max_steps must be > 0" in message
 
 
 def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pretraining.demo", "--output_dir", str(out), "--optimizers", "adamw",
-               "adafactor", "--budget_minutes", "0.04", "--max_documents", "200", "--num_train_shards", "2",
+               "adafactor", "--max_steps", "4", "--grid_points", "2", "--max_documents", "200", "--num_train_shards", "2",
                "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
                "--intermediate_size", "64", "--train_batch_size", "8", "--print_steps", "2",
                "--max_train_samples", "32", "--max_eval_samples", "48", "--finetune_max_seq_length", "32",
-               "--vocab_size", "300", "--seeds", "1", "2", *extra]
+               "--vocab_size", "300", "--seeds", "1", "2", "--finetune_lr_grid", "1e-3", "3e-3", *extra]
     env = {**os.environ, "PRECISION": "fp32", "WANDB_MODE": "disabled"}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -133,44 +127,45 @@ def test_demo_end_to_end_then_reuse(tmp_path):
     result = _demo(out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     stdout = result.stdout
-    for stage in ("prepare", "pretrain-untrained", "finetune-untrained", "pretrain-adamw", "finetune-adamw",
-                  "pretrain-adafactor", "finetune-adafactor", "finetune-minilm-reference"):
+    for stage in ("prepare", "study", "finetune-minilm-reference"):
         assert f"{stage}: done in" in stdout
         assert (out / "logs" / f"{stage}.log").stat().st_size > 0
-    assert "training ended (time_budget)" in stdout  # the scripts' own progress is visible
+    assert "training ended (max_steps)" not in stdout  # the study's runs log to their own files
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert manifest["tokenizer"] == "tokenizer" and manifest["vocab_size"] <= 300  # the corpus's own vocabulary
 
+    study = out / "study"
+    settings = json.loads((study / "study.json").read_text())
+    assert settings["optimizers"] == ["adamw", "adafactor"] and settings["max_steps"] == 4
+    assert settings["seeds"] == [1, 2] and settings["finetune_task"] == "rotten_tomatoes"
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
-    assert [r["run"] for r in rows] == ["untrained", "adamw", "adafactor", "minilm-reference"]
-    for row, optimizer in zip(rows, ["none", "adamw", "adafactor", "pretrained"]):
-        assert row["optimizer"] == optimizer and row["precision"] == "fp32" and row["task"] == "rotten_tomatoes"
-        assert 0.0 <= float(row["accuracy_mean"]) <= 1.0
-    for row in rows[:3]:
-        results = json.loads((out / "pretrain" / row["run"] / "finetune" / "rotten_tomatoes" /
-                              "all_results.json").read_text())
-        assert float(row["accuracy_mean"]) == results["eval_accuracy"] and row["seeds"] == "2"
-        assert float(row["accuracy_std"]) == results["eval_accuracy_std"] and results["seeds"] == [1, 2]
-    assert rows[0]["status"] == "complete (max_steps)" and rows[0]["gain"] == ""  # the control itself
-    for row in rows[1:3]:
-        assert row["status"] == "complete (time_budget)" and float(row["pretrain_loss"]) > 0
-        assert row["control"] == "untrained"
-        assert float(row["gain"]) == pytest.approx(100 * (float(row["accuracy_mean"]) - float(rows[0]["accuracy_mean"])))
-        assert float(row["eval_unigram_loss"]) > 0 and 0 <= float(row["eval_mlm_accuracy"]) <= 1
-    assert rows[3]["seeds"] == "1" and rows[3]["gain"] == ""  # the reference: another architecture
+    assert [r["optimizer"] for r in rows] == ["untrained (control)", "adamw", "adafactor"]
+    for row in rows:
+        assert row["precision"] == "fp32" and row["seeds"] == "2" and 0 <= float(row["finetune_score"]) <= 100
+    for row in rows[1:]:  # each optimizer: its chosen LR's two seeds, fine-tuned at its arm's chosen LR
+        job = f"{row['optimizer']}-fp32-lr{float(row['lr']):g}"
+        scores = []
+        for seed in (1, 2):
+            results = json.loads((study / "runs" / f"{job}-s{seed}" / "finetune" / "rotten_tomatoes" /
+                                  "all_results.json").read_text())
+            assert f"{results['learning_rate']:g}" == row["finetune_lrs"]
+            scores.append(100 * results["eval_accuracy"])
+        assert float(row["finetune_score"]) == pytest.approx(sum(scores) / 2)
+        assert float(row["gain_diff"]) == pytest.approx(float(row["finetune_score"]) - float(rows[0]["finetune_score"]))
+        assert float(row["eval_loss"]) < float(rows[0]["eval_loss"])
     markdown = (out / "results.md").read_text()
-    assert "| adamw | L1-H32 | adamw | fp32 |" in markdown and "## Stage timings" in markdown
-    assert "| adamw | L1-H32 | adamw | fp32 |" in stdout  # the table is printed
+    assert "| adamw | fp32 |" in markdown and "## Stage timings" in markdown and "MiniLM-L6-H384" in markdown
+    assert "| adafactor | fp32 |" in stdout  # the table is printed
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 30_000
-    assert {p.name for p in out.iterdir()} <= {"data", "pretrain", "reference", "logs", "stages", "results.md",
+    assert {p.name for p in out.iterdir()} <= {"data", "study", "reference", "logs", "stages", "results.md",
                                                "results.csv", "results.png"}
 
-    metrics = out / "pretrain" / "adamw" / "metrics.jsonl"
+    metrics = study / "runs" / "adamw-fp32-lr0.00173-s1" / "metrics.jsonl"
     before = metrics.read_bytes()
     again = _demo(out)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.count(": reused (") == 8 and "running" not in again.stdout
+    assert again.stdout.count(": reused (") == 3 and "running" not in again.stdout
     assert metrics.read_bytes() == before
 
 
