@@ -34,12 +34,18 @@ from pretraining.errors import UserError, run_main
 from pretraining.stages import Stage, StageRunner, StageTiming, terminate_as_interrupt
 
 OPTIMIZERS = ("adamw", "adam", "lamb", "adafactor", "muon")
+#: each optimizer's LR grid in the demo: 3 values spaced 3x, centred on the best of the 200-step sweep measured on
+#: 2026-12-03 (RESULTS.md; extended once when the best lies on an edge); others: the study's default grid
+DEMO_GRIDS = {"adamw": "3.33e-4,1e-3,3e-3", "adam": "9e-3,2.7e-2,8.1e-2", "lamb": "3.33e-3,1e-2,3e-2",
+              "adafactor": "1e-3,3e-3,9e-3", "muon": "3e-3,9e-3,2.7e-2"}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: the pretraining recipe of every run, from the ablation in benchmarks/RESULTS.md ("Pretraining that pays off"): no
 #: dropout (a budget this short cannot overfit), a larger init scale (a shorter plateau at the unigram level), pre-LN
-#: with the embedding LayerNorm (the export is transformers' RobertaPreLayerNorm), a linear schedule over the steps
+#: with the embedding LayerNorm (the export is transformers' RobertaPreLayerNorm), a linear schedule over the steps;
+#: weight decay 0.1, since the encoder's weight growth is what makes short pretraining a worse fine-tuning start
+#: (RESULTS.md, "Why short CPU pretraining transfers negatively": 0.1 instead of 0.01 grows the encoder less)
 RECIPE_FLAGS = ["--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0", "--initializer_range", "0.05",
-                "--encoder_ln_mode", "pre-ln", "--layernorm_embedding", "true", "--weight_decay", "0.01",
+                "--encoder_ln_mode", "pre-ln", "--layernorm_embedding", "true", "--weight_decay", "0.1",
                 "--adam_beta2", "0.98", "--curve", "linear", "--warmup_proportion", "0.06"]
 #: extra flags per precision, the same for run_pretraining.py and run_glue.py
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
@@ -61,8 +67,9 @@ class DemoArguments:
         default_factory=lambda: list(OPTIMIZERS),
         metadata={"help": f"Optimizers of the study (default: {', '.join(OPTIMIZERS)}; any of "
                           "pretraining.study.DEFAULT_LR)", "nargs": "+"})
-    grid_points: int = field(default=3, metadata={"help": "LR grid size per optimizer (spaced 3x around its "
-                                                          "default; extended once when the best is on an edge)"})
+    grid_points: int = field(default=3, metadata={
+        "help": "LR grid size per optimizer, extended once when the best is on an edge (3: the demo's grids, "
+                "centred on a measured sweep; other sizes: the study's default grids)"})
     parallel: int = field(default=2, metadata={"help": "Study runs at once (the cores are split between them)"})
     precision: str = field(
         default="auto",
@@ -215,6 +222,8 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
             finetune_flags += [f"--{flag}", str(getattr(args, flag))]
     study_argv = ["-m", "pretraining.study", "--output_dir", str(study_dir), "--dataset_path", str(data),
                   "--optimizers", *args.optimizers, "--precisions", precision, "--grid_points", str(args.grid_points),
+                  *(["--lr_grid", *[f"{o}={DEMO_GRIDS[o]}" for o in args.optimizers if o in DEMO_GRIDS]]
+                    if args.grid_points == 3 else []),
                   "--max_steps", str(args.max_steps), "--seeds", *map(str, args.seeds),
                   "--control", str(args.control).lower(), "--parallel", str(args.parallel),
                   "--finetune_task", args.task_name, "--finetune_lr_grid", *[f"{v:g}" for v in args.finetune_lr_grid],
@@ -281,8 +290,9 @@ def _settings_section(args: DemoArguments, precision: str, device: str, manifest
         f"- model: BERT L{args.num_hidden_layers}-H{args.hidden_size}, {args.num_attention_heads} heads, "
         f"FFN {args.intermediate_size}, pre-LN; batch {args.train_batch_size}",
         f"- pretraining: {args.max_steps} optimizer steps per run, step-based linear LR schedule (common: "
-        f"{' '.join(RECIPE_FLAGS)}); LR grid of {args.grid_points} values per optimizer spaced 3x (extended once at "
-        f"an edge), chosen on held-out MLM loss with seed {args.seeds[0]}, then seeds {' '.join(map(str, args.seeds))}",
+        f"{' '.join(RECIPE_FLAGS)}); LR grid of {args.grid_points} values per optimizer spaced 3x (centred on the "
+        "2026-12-03 sweep, extended once at an edge), chosen on held-out MLM loss with seed "
+        f"{args.seeds[0]}, then seeds {' '.join(map(str, args.seeds))}",
         f"- control: {'the same model with no pretraining step (run_pretraining.py --max_steps 0), each seed, fine-tuned alike' if args.control else 'none (--control false)'}",
         f"- fine-tuning: {args.task_name}, {args.max_train_samples or 'all'} training examples, "
         f"{args.max_eval_samples or 'all'} validation examples, sequence length {args.finetune_max_seq_length}, "
