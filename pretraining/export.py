@@ -1,16 +1,21 @@
-"""The files of an export in another layout (:mod:`pretraining.convert` has the layouts and their renames):
-stock transformers' config and tensors (:func:`stock_files`, what
-:func:`pretraining.modeling.export_pretrained` writes), the model card, and academic-budget-bert's checkpoint
-files (:func:`academic_files`, ``python -m pretraining.convert --to academic-budget-bert``)."""
+"""Exports: :func:`export_pretrained` (a trained model -> a folder stock transformers loads), and the files of an export
+in another layout (:mod:`pretraining.layouts` has the layouts and their renames): stock transformers' config and
+tensors (:func:`stock_files`), the model card, and academic-budget-bert's checkpoint files (:func:`academic_files`,
+``python -m pretraining.convert --to academic-budget-bert``)."""
 
 from __future__ import annotations
 
+import copy
+import os
+from pathlib import Path
 from typing import Optional
 
 import torch
+from torch import nn
 
-from pretraining.convert import ACADEMIC_EXPORT_RULES, ACADEMIC_MARKER, rename, stock_config, to_stock
 from pretraining.errors import UserError
+from pretraining.layouts import ACADEMIC_EXPORT_RULES, ACADEMIC_MARKER, rename, stock_config, stock_layout, to_stock
+from pretraining.modeling import PRE_LN_MODEL_TYPE, VOCAB_KEY_SUFFIXES, BertPreTrainedModel, unwrap_model  # noqa: F401
 
 #: our class -> the stock class suffix its export uses
 STOCK_KINDS = {"BertForPreTraining": "ForMaskedLM", "BertForSequenceClassification": "ForSequenceClassification"}
@@ -114,3 +119,61 @@ def academic_files(model, args: Optional[dict] = None) -> tuple[dict, dict, dict
     run_args = {**(args or {}), "model_type": "bert-mlm-nsp" if nsp else "bert-mlm",
                 "deepspeed_transformer_kernel": False}
     return their_config, theirs, run_args
+
+
+def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike, card: dict | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (fp32), the tokenizer files and a model card to ``out_dir``.
+
+    The layout is the one stock transformers loads without custom code (:mod:`pretraining.layouts`):
+    post-LN models as transformers' BERT; pre-LN GELU/LayerNorm models as ``RobertaPreLayerNorm*``
+    (with the embedding LayerNorm) or ``XLMRobertaXL*`` (without), so ``AutoModelForMaskedLM``,
+    ``AutoModelForSequenceClassification`` (for a fine-tuned classifier: its task head too) and
+    ``pipeline("fill-mask")`` take the folder; other pre-LN models (RMSNorm, another activation) keep
+    this package's own names (model type :data:`PRE_LN_MODEL_TYPE`), which only its classes load.
+    This package's classes load every one of these layouts back.
+
+    The vocabulary padding is dropped. A masked-LM-only model has no pooler or NSP head, and none is
+    made up: ``AutoModelForMaskedLM`` loads it with nothing missing or unexpected, and a class with
+    those heads (``transformers.BertForPreTraining``) reports them as the fresh weights they are.
+    Stock pre-LN masked-LM layouts have no pooler: an NSP model's pooler and NSP head stay behind.
+    ``card`` (architecture, data, budget, optimizer, losses) becomes ``README.md``. ``tokenizer`` may
+    be None. Files are written to temporary names and renamed, so an interrupted export never leaves
+    a complete-looking but corrupt file.
+    """
+    from safetensors.torch import save_file
+
+    model = unwrap_model(model)
+    if not isinstance(model, BertPreTrainedModel):
+        raise UserError(f"export_pretrained needs a model from pretraining.modeling, got {type(model).__name__}")
+    config = copy.deepcopy(model.config)
+    vocab, padded = config.vocab_size, config.padded_vocab_size
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
+        if key.endswith(VOCAB_KEY_SUFFIXES) and tensor.shape[0] == padded:
+            tensor = tensor[:vocab]
+        state[key] = tensor.clone().contiguous()
+    config.vocab_pad_multiple = 1
+    config.torch_compile = False
+    layout = stock_layout(config)
+    if layout is not None:
+        config_text, state = stock_files(state, config, layout, type(model).__name__, tokenizer)
+    else:
+        config.architectures = [type(model).__name__]
+        config_text = config.to_json_string()
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_weights = out / "model.safetensors.tmp"
+    save_file(state, str(tmp_weights), metadata={"format": "pt"})
+    tmp_weights.replace(out / "model.safetensors")
+    tmp_config = out / "config.json.tmp"
+    tmp_config.write_text(config_text)
+    tmp_config.replace(out / "config.json")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    if card is not None:
+        tmp_card = out / "README.md.tmp"
+        tmp_card.write_text(model_card(config, layout, card))
+        tmp_card.replace(out / "README.md")
+    return out

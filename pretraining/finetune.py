@@ -28,7 +28,8 @@ from pretraining import glue
 from pretraining.atomic import atomic_file, write_json_atomic
 from pretraining.cli import ArgumentChecker
 from pretraining.errors import UserError
-from pretraining.modeling import BertPreTrainedModel, export_pretrained
+from pretraining.export import export_pretrained
+from pretraining.modeling import BertPreTrainedModel
 from pretraining.outputs import check_output_folder
 
 logger = logging.getLogger("run_glue")

@@ -28,11 +28,8 @@ classes too, for post-ln models).
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import transformers
@@ -62,8 +59,21 @@ logger = logging.getLogger(__name__)
 #: post-ln without the embedding LayerNorm) in this package's own names: transformers' BERT
 #: classes warn about it by name and ``AutoModel`` refuses it, instead of silently loading
 #: another network. (Exports of GELU/LayerNorm pre-ln models use stock layouts instead:
-#: :mod:`pretraining.convert`.)
+#: :mod:`pretraining.layouts`.)
 PRE_LN_MODEL_TYPE = "bert_pre_ln"
+
+#: readers of checkpoint layouts other than this package's own, registered from above (the network knows no layout)
+_LAYOUT_HOOKS: dict[str, list] = {"models": [], "configs": []}
+
+
+def register_layouts(load_model, read_config) -> None:
+    """Let ``from_pretrained`` read other checkpoint layouts: ``load_model(cls, path, *args, **kwargs)`` returns the
+    model or None (a layout transformers reads itself); ``read_config(config_dict)`` returns this package's config
+    dict or None. :mod:`pretraining.layouts` registers its own when imported (every script imports it)."""
+    if load_model not in _LAYOUT_HOOKS["models"]:
+        _LAYOUT_HOOKS["models"].append(load_model)
+    if read_config not in _LAYOUT_HOOKS["configs"]:
+        _LAYOUT_HOOKS["configs"].append(read_config)
 #: State-dict keys with one row per vocabulary entry (padded inside, unpadded in exports).
 VOCAB_KEY_SUFFIXES = ("word_embeddings.weight", "cls.predictions.bias", "cls.predictions.decoder.weight",
                       "cls.predictions.decoder.bias")
@@ -156,14 +166,13 @@ class BertConfig(transformers.BertConfig):
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        """As transformers', reading :data:`PRE_LN_MODEL_TYPE`, the stock pre-LN layouts and academic-budget-bert's
-        config back as this class's (:mod:`pretraining.convert`)."""
-        from pretraining.convert import config_from_layout, layout_of_config
-
+        """As transformers', and a config of another checkpoint layout read back as this class's by the reader the
+        layouts layer registered (:func:`register_layouts`; :mod:`pretraining.layouts`)."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        layout = layout_of_config(config_dict)
-        if layout is not None:
-            config_dict = {**config_from_layout(config_dict, layout), "model_type": cls.model_type}
+        for read in _LAYOUT_HOOKS["configs"]:
+            translated = read(config_dict)
+            if translated is not None:
+                return translated, kwargs
         return config_dict, kwargs
 
 
@@ -214,13 +223,12 @@ class BertPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """As transformers', and also from the stock pre-LN layouts and academic-budget-bert checkpoint folders
-        (renamed on load, :mod:`pretraining.convert`)."""
-        from pretraining import convert
-
-        layout = convert.detect_layout(pretrained_model_name_or_path)
-        if layout in convert.CONVERTED:
-            return convert.load_converted(cls, pretrained_model_name_or_path, layout, **kwargs)
+        """As transformers', and also from other checkpoint layouts (stock pre-LN, academic-budget-bert) through the
+        loader the layouts layer registered (:func:`register_layouts`; :mod:`pretraining.layouts`)."""
+        for load in _LAYOUT_HOOKS["models"]:
+            loaded = load(cls, pretrained_model_name_or_path, *args, **kwargs)
+            if loaded is not None:
+                return loaded
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @torch.no_grad()
@@ -399,63 +407,3 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
-
-
-def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike, card: dict | None = None) -> Path:
-    """Write ``config.json``, ``model.safetensors`` (fp32), the tokenizer files and a model card to ``out_dir``.
-
-    The layout is the one stock transformers loads without custom code (:mod:`pretraining.convert`):
-    post-LN models as transformers' BERT; pre-LN GELU/LayerNorm models as ``RobertaPreLayerNorm*``
-    (with the embedding LayerNorm) or ``XLMRobertaXL*`` (without), so ``AutoModelForMaskedLM``,
-    ``AutoModelForSequenceClassification`` (for a fine-tuned classifier: its task head too) and
-    ``pipeline("fill-mask")`` take the folder; other pre-LN models (RMSNorm, another activation) keep
-    this package's own names (model type :data:`PRE_LN_MODEL_TYPE`), which only its classes load.
-    This package's classes load every one of these layouts back.
-
-    The vocabulary padding is dropped. A masked-LM-only model has no pooler or NSP head, and none is
-    made up: ``AutoModelForMaskedLM`` loads it with nothing missing or unexpected, and a class with
-    those heads (``transformers.BertForPreTraining``) reports them as the fresh weights they are.
-    Stock pre-LN masked-LM layouts have no pooler: an NSP model's pooler and NSP head stay behind.
-    ``card`` (architecture, data, budget, optimizer, losses) becomes ``README.md``. ``tokenizer`` may
-    be None. Files are written to temporary names and renamed, so an interrupted export never leaves
-    a complete-looking but corrupt file.
-    """
-    from safetensors.torch import save_file
-
-    from pretraining import convert, export
-
-    model = unwrap_model(model)
-    if not isinstance(model, BertPreTrainedModel):
-        raise UserError(f"export_pretrained needs a model from pretraining.modeling, got {type(model).__name__}")
-    config = copy.deepcopy(model.config)
-    vocab, padded = config.vocab_size, config.padded_vocab_size
-    state = {}
-    for key, tensor in model.state_dict().items():
-        tensor = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
-        if key.endswith(VOCAB_KEY_SUFFIXES) and tensor.shape[0] == padded:
-            tensor = tensor[:vocab]
-        state[key] = tensor.clone().contiguous()
-    config.vocab_pad_multiple = 1
-    config.torch_compile = False
-    layout = convert.stock_layout(config)
-    if layout is not None:
-        config_text, state = export.stock_files(state, config, layout, type(model).__name__, tokenizer)
-    else:
-        config.architectures = [type(model).__name__]
-        config_text = config.to_json_string()
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp_weights = out / "model.safetensors.tmp"
-    save_file(state, str(tmp_weights), metadata={"format": "pt"})
-    tmp_weights.replace(out / "model.safetensors")
-    tmp_config = out / "config.json.tmp"
-    tmp_config.write_text(config_text)
-    tmp_config.replace(out / "config.json")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    if card is not None:
-        tmp_card = out / "README.md.tmp"
-        tmp_card.write_text(export.model_card(config, layout, card))
-        tmp_card.replace(out / "README.md")
-    return out

@@ -188,7 +188,7 @@ def build_model(model_args, vocab_size: int):
 
     if not model_args.model_name_or_path:
         return BertForPreTraining(build_config(model_args, vocab_size=model_args.vocab_size or vocab_size))
-    from pretraining.convert import check_loading
+    from pretraining.layouts import check_loading  # also registers the other layouts' readers
 
     try:
         model, info = BertForPreTraining.from_pretrained(

@@ -82,6 +82,7 @@ def optimizer_costs(run_dir: Path, repeats: int = 5) -> dict:
 
     import torch
 
+    import pretraining.layouts  # noqa: F401 - the export is in a stock layout
     from pretraining.args import OptimizerArguments
     from pretraining.modeling import BertForPreTraining
     from pretraining.optimizers import build_optimizer

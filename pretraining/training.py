@@ -337,7 +337,7 @@ class Pretraining:
         return folder
 
     def _export(self, folder: Path) -> None:
-        from pretraining.modeling import export_pretrained
+        from pretraining.export import export_pretrained
 
         self.engine.eval()  # a schedule-free optimizer's averaged weights are the model
         try:

@@ -177,7 +177,8 @@ def tiny_exports(tmp_path_factory, bert_tokenizer) -> dict:
     30,522-token vocab, masked LM only), keyed by encoder_ln_mode: "pre-ln", "post-ln"."""
     import torch
 
-    from pretraining.modeling import BertConfig, BertForPreTraining, export_pretrained
+    from pretraining.export import export_pretrained
+    from pretraining.modeling import BertConfig, BertForPreTraining
 
     exports = {}
     for mode in ("pre-ln", "post-ln"):

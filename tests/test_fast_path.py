@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from pretraining.args import ModelArguments
 from pretraining.errors import UserError
 from pretraining.layers import PaddedLayout, UnpaddedLayout, make_layout
+from pretraining.export import export_pretrained
 from pretraining.modeling import (
     BertConfig,
     BertForPreTraining,
     BertForSequenceClassification,
     BertModel,
     build_config,
-    export_pretrained,
 )
 
 TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

@@ -11,9 +11,10 @@ import torch
 import transformers
 
 from pretraining import glue
-from pretraining.convert import check_loading
+from pretraining.layouts import check_loading
 from pretraining.errors import UserError
-from pretraining.modeling import BertConfig, BertForPreTraining, export_pretrained
+from pretraining.export import export_pretrained
+from pretraining.modeling import BertConfig, BertForPreTraining
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 MODES = {  # (encoder_ln_mode, layernorm_embedding) -> the stock class that must load the export

@@ -13,6 +13,7 @@ import transformers
 
 from pretraining.args import ModelArguments
 from pretraining.errors import UserError
+from pretraining.export import export_pretrained
 from pretraining.modeling import (
     PRE_LN_MODEL_TYPE,
     BertConfig,
@@ -20,7 +21,6 @@ from pretraining.modeling import (
     BertForSequenceClassification,
     BertModel,
     build_config,
-    export_pretrained,
 )
 
 TINY = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

@@ -36,6 +36,7 @@ def checkpoint_model_type(model_name_or_path: str, cache_dir: Optional[str]) -> 
 
 def _classifier_classes() -> dict:
     """model_type -> (config class, model class); BERT (pre-ln or post-ln) uses this project's model."""
+    import pretraining.layouts  # noqa: F401 - registers the readers of the other layouts with the model classes
     from pretraining.modeling import PRE_LN_MODEL_TYPE, BertConfig, BertForSequenceClassification
 
     return {name: (BertConfig, BertForSequenceClassification)
@@ -47,7 +48,7 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
     """A sequence classifier from a checkpoint folder (or Hub name), with a fresh head when it has none.
 
     BERT checkpoints (Hugging Face's, this project's exports in every layout, academic-budget-bert's
-    checkpoint folders: :mod:`pretraining.convert`) load into
+    checkpoint folders: :mod:`pretraining.layouts`) load into
     :class:`pretraining.modeling.BertForSequenceClassification`, and a UserError names any encoder
     or embedding weight that did not load; other model types load into transformers'
     ``AutoModelForSequenceClassification``. ``problem_type`` is ``single_label_classification`` or
@@ -80,7 +81,7 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
         raise UserError(f"cannot load the model {model_name_or_path!r}: {exc}") from None
     missing = sorted(info.get("missing_keys", []))
     if model_type in _classifier_classes():  # every encoder weight must load: only a new head may start fresh
-        from pretraining.convert import check_loading
+        from pretraining.layouts import check_loading
 
         check_loading(missing, info.get("unexpected_keys", []), model_name_or_path)
     return model, missing
