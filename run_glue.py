@@ -15,12 +15,12 @@ import logging
 
 from pretraining.cli import parse_args
 from pretraining.errors import UserError, run_main
-from pretraining.finetune import GlueDataArguments, GlueModelArguments, GlueTrainingArguments, finetune
+from pretraining.finetune.runner import GlueDataArguments, GlueModelArguments, GlueTrainingArguments, finetune
 
 
 @run_main(interrupted="nothing of this run was exported; rerun the same command")
 def main(argv=None) -> dict:
-    """Parse ``argv`` (default: sys.argv[1:]) and run :func:`pretraining.finetune.finetune`."""
+    """Parse ``argv`` (default: sys.argv[1:]) and run :func:`pretraining.finetune.runner.finetune`."""
     try:
         model_args, data_args, training_args = parse_args(
             (GlueModelArguments, GlueDataArguments, GlueTrainingArguments), argv)

@@ -26,10 +26,10 @@ from pretraining.errors import run_main
 def main(argv=None):
     """Parse the flags (or one JSON file of them) and pretrain; returns the run's end record.
 
-    A run that did not finish its job exits non-zero (:func:`pretraining.progress.exit_code`): 1 when it stopped on a
+    A run that did not finish its job exits non-zero (:func:`pretraining.train.progress.exit_code`): 1 when it stopped on a
     non-finite loss, 130/143 when interrupted by SIGINT/SIGTERM (after saving a checkpoint), 2 for a UserError."""
-    from pretraining.progress import exit_code
-    from pretraining.training import PretrainingConfig, pretrain
+    from pretraining.train.progress import exit_code
+    from pretraining.train.training import PretrainingConfig, pretrain
 
     end = pretrain(PretrainingConfig.parse(argv)).end
     code = exit_code(end)

@@ -3,7 +3,7 @@
 
 transformers' ``BertForSequenceClassification`` + ``Trainer``, default collator and
 metrics written here, on the same data as ``run_glue.py --task_name rotten_tomatoes``
-(the packaged Rotten Tomatoes split, :func:`pretraining.glue.load_rotten_tomatoes`).
+(the packaged Rotten Tomatoes split, :func:`pretraining.finetune.glue.load_rotten_tomatoes`).
 Only the data split is shared with this project; tokenisation, model and training are
 transformers' own. Takes the TrainingArguments flags run_glue.py takes, so the same
 hyper-parameters can be passed to both::
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     from transformers import (BertForSequenceClassification, BertTokenizerFast, DataCollatorWithPadding,
                               HfArgumentParser, Trainer, TrainingArguments, set_seed)
 
-    from pretraining import glue
+    from pretraining.finetune import glue
     from pretraining.resources import minilm_dir
 
     parser = HfArgumentParser((BenchArguments, TrainingArguments))

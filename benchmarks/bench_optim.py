@@ -1,17 +1,17 @@
 #!/usr/bin/env python
 """Optimizer step alone: time per step of each optimizer implementation on real BERT parameters.
 
-For a model config (``--configs``; the parameters of :class:`pretraining.modeling.BertForPreTraining`
+For a model config (``--configs``; the parameters of :class:`pretraining.model.modeling.BertForPreTraining`
 built with the defaults), each implementation gets the same parameters and the same fixed
 gradients (seeded), and ``optimizer.step()`` is timed alone: warm-up steps excluded, median over
 windows of ``--steps`` steps, implementations interleaved window by window (load drifts on a
 shared machine hit all alike); CUDA events on a GPU, ``--timer`` (wall or process CPU time) on a
-CPU. Implementations (all through :func:`pretraining.optimizers.build_optimizer`):
+CPU. Implementations (all through :func:`pretraining.train.optimizers.build_optimizer`):
 
 * ``adamw-foreach`` / ``adamw-fused``, ``adam-foreach`` / ``adam-fused``: torch's multi-tensor
   and fused kernels (``use_fused`` False / True);
 * ``adamw-auto``: what ``build_optimizer`` picks by default on this device;
-* ``lamb``: :class:`pretraining.optimizers.Lamb` (multi-tensor); ``lamb-deepspeed``: DeepSpeed's
+* ``lamb``: :class:`pretraining.train.optimizers.Lamb` (multi-tensor); ``lamb-deepspeed``: DeepSpeed's
   FusedLamb (GPU with deepspeed installed only);
 * ``adafactor``: transformers' Adafactor.
 
@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from bench_pretrain import CONFIGS, model_arguments  # noqa: E402
-from pretraining.args import OptimizerArguments  # noqa: E402
-from pretraining.modeling import BertForPreTraining, build_config  # noqa: E402
-from pretraining.optimizers import build_optimizer  # noqa: E402
+from pretraining.train.args import OptimizerArguments  # noqa: E402
+from pretraining.model.modeling import BertForPreTraining, build_config  # noqa: E402
+from pretraining.train.optimizers import build_optimizer  # noqa: E402
 
 #: name -> (optimizer_type, use_fused)
 IMPLEMENTATIONS = {

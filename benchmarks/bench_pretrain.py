@@ -4,8 +4,8 @@
 Both run the same training step (forward with MLM + NSP loss, backward, optimizer step,
 zero_grad; autocast and, for fp16, a GradScaler) on the same batches, in one process:
 
-* A variants: :class:`pretraining.modeling.BertForPreTraining` (pre-ln, as trained here)
-  with the fast-path flags of :data:`VARIANTS`, and :func:`pretraining.optimizers.build_optimizer`
+* A variants: :class:`pretraining.model.modeling.BertForPreTraining` (pre-ln, as trained here)
+  with the fast-path flags of :data:`VARIANTS`, and :func:`pretraining.train.optimizers.build_optimizer`
   (AdamW). ``default`` is what ``run_pretraining.py`` builds from ModelArguments' defaults.
 * B (``hf``): ``transformers.BertForPreTraining`` with ``attn_implementation="sdpa"`` and
   ``torch.optim.AdamW`` with torch's default implementation choice.
@@ -54,9 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pretraining.args import ModelArguments, OptimizerArguments  # noqa: E402
-from pretraining.modeling import BertForPreTraining, build_config  # noqa: E402
-from pretraining.optimizers import build_optimizer  # noqa: E402
+from pretraining.train.args import ModelArguments, OptimizerArguments  # noqa: E402
+from pretraining.model.modeling import BertForPreTraining, build_config  # noqa: E402
+from pretraining.train.optimizers import build_optimizer  # noqa: E402
 
 H100_PEAK_FLOPS = 989e12  # dense bf16/fp16, H100 SXM
 BERT_VOCAB = 30522

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pretraining.demo import OPTIMIZER_FLAGS, RECIPE_FLAGS  # noqa: E402
+from pretraining.report.demo import OPTIMIZER_FLAGS, RECIPE_FLAGS  # noqa: E402
 
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}

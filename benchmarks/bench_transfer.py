@@ -125,7 +125,7 @@ def main() -> None:
     control, pretrained = pretrain(args.data.resolve(), args.out, args.steps, args.pretrain_args.split())
     models = variants(control, pretrained, args.out)
     models = {k: v for k, v in models.items() if args.variants is None or k in args.variants}
-    from pretraining.glue import load_rotten_tomatoes
+    from pretraining.finetune.glue import load_rotten_tomatoes
 
     texts = list(load_rotten_tomatoes().evals[""]["sentence1"][:256])
     rows = []

@@ -39,7 +39,7 @@ class ArgumentChecker:
             self.errors.append(problem)
 
     def extend(self, problems: Iterable[str]) -> None:
-        """Add problems found by a rule's owner (e.g. :func:`pretraining.modeling.config_problems`)."""
+        """Add problems found by a rule's owner (e.g. :func:`pretraining.model.modeling.config_problems`)."""
         self.errors.extend(problems)
 
     def choice(self, flag: str, value: Any, valid: Iterable[Any]) -> None:

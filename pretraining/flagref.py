@@ -16,16 +16,16 @@ from pathlib import Path
 SCRIPTS = {
     "prepare_dataset.py": ["pretraining.data.prepare_args:PrepareArguments"],
     "run_pretraining.py": [
-        "pretraining.args:ModelArguments",
-        "pretraining.args:OptimizerArguments",
-        "pretraining.args:SchedulerArguments",
-        "pretraining.run_args:DatasetArguments",
-        "pretraining.run_args:EngineArguments",
-        "pretraining.run_args:PretrainingArguments",
+        "pretraining.train.args:ModelArguments",
+        "pretraining.train.args:OptimizerArguments",
+        "pretraining.train.args:SchedulerArguments",
+        "pretraining.train.run_args:DatasetArguments",
+        "pretraining.train.run_args:EngineArguments",
+        "pretraining.train.run_args:PretrainingArguments",
     ],
     "run_glue.py": [
-        "pretraining.finetune:GlueModelArguments",
-        "pretraining.finetune:GlueDataArguments",
+        "pretraining.finetune.runner:GlueModelArguments",
+        "pretraining.finetune.runner:GlueDataArguments",
     ],
 }
 GLUE_NOTE = ("run_glue.py also takes every Hugging Face `TrainingArguments` flag "

@@ -63,3 +63,22 @@ def pang_lee_polarity() -> Path:
 def default_tokenizer_dir() -> Path:
     """The packaged bert-base-uncased WordPiece tokenizer (30,522 tokens)."""
     return minilm_dir()
+
+
+#: the fixed validation share of the packaged Rotten Tomatoes snippets, and the seed of their split
+ROTTEN_TOMATOES_VALIDATION_FRACTION = 0.1
+ROTTEN_TOMATOES_SPLIT_SEED = 42
+
+
+def rotten_tomatoes_splits():
+    """The packaged Rotten Tomatoes snippets as pandas frames (train, validation): fresh/rotten only
+    (plot summaries dropped, duplicate texts dropped), split 90/10 with a fixed seed; columns
+    ``category``, ``text``, ``movie_name``."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.read_csv(rotten_tomatoes_csv(), usecols=["category", "text", "movie_name"])
+    frame = frame[frame["category"].isin(["fresh", "rotten"])].drop_duplicates("text").reset_index(drop=True)
+    order = np.random.default_rng(ROTTEN_TOMATOES_SPLIT_SEED).permutation(len(frame))
+    n_eval = int(round(len(frame) * ROTTEN_TOMATOES_VALIDATION_FRACTION))
+    return frame.iloc[order[n_eval:]], frame.iloc[order[:n_eval]]

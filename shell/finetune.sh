@@ -90,7 +90,7 @@ import json
 import sys
 from pathlib import Path
 
-from pretraining.report import results_table
+from pretraining.report.table import results_table
 
 out, failed, tasks = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3:]
 results = {}

@@ -24,7 +24,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # DeepSpeed's accelerator follows the hardware (its CPU accelerator here, CUDA on a GPU machine; a value set
 # before the tests is kept) and a persistent cache for its JIT ops.
-from pretraining.engine import deepspeed_accelerator  # noqa: E402  (after ROOT is importable)
+from pretraining.train.engine import deepspeed_accelerator  # noqa: E402  (after ROOT is importable)
 import torch  # noqa: E402
 
 os.environ.setdefault("DS_ACCELERATOR", deepspeed_accelerator(torch.cuda.is_available()))
@@ -147,7 +147,7 @@ def single_thread():
 def deepspeed_ready():
     """DeepSpeed's first init on the CPU builds a small comm op (~1-2 min once, then cached in
     TORCH_EXTENSIONS_DIR): do it once per session, before the tests that time themselves."""
-    from pretraining.engine import setup_distributed
+    from pretraining.train.engine import setup_distributed
 
     return setup_distributed(use_deepspeed=True)  # DeepSpeed's comm backend builds (or loads) the op here
 
@@ -156,9 +156,9 @@ def deepspeed_ready():
 def fp16_on_cpu(monkeypatch, request):
     """fp16 allowed on this CPU machine, for the run's check and (tests parametrized with an ``engine`` naming
     deepspeed) for DeepSpeed's CPU accelerator, whose fp16 probe asks oneDNN; torch's CPU kernels compute fp16."""
-    import pretraining.engine
+    import pretraining.train.engine
 
-    monkeypatch.setattr(pretraining.engine, "check_precision_supported", lambda precision: None)
+    monkeypatch.setattr(pretraining.train.engine, "check_precision_supported", lambda precision: None)
     if "deepspeed" in request.node.callspec.params.get("engine", ""):
         request.getfixturevalue("deepspeed_ready")
         from deepspeed.accelerator import get_accelerator
@@ -177,8 +177,8 @@ def tiny_exports(tmp_path_factory, bert_tokenizer) -> dict:
     30,522-token vocab, masked LM only), keyed by encoder_ln_mode: "pre-ln", "post-ln"."""
     import torch
 
-    from pretraining.export import export_pretrained
-    from pretraining.modeling import BertConfig, BertForPreTraining
+    from pretraining.checkpoints.export import export_pretrained
+    from pretraining.model.modeling import BertConfig, BertForPreTraining
 
     exports = {}
     for mode in ("pre-ln", "post-ln"):

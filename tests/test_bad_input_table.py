@@ -133,7 +133,7 @@ CASES: dict[str, tuple[str, Callable, str]] = {
 
 def _main(script: str):
     if script == "convert":
-        from pretraining.convert import main
+        from pretraining.checkpoints.convert import main
     elif script == "prepare":
         from prepare_dataset import main
     elif script == "pretrain":
@@ -141,7 +141,7 @@ def _main(script: str):
     elif script == "glue":
         from run_glue import main
     else:
-        from pretraining.report import main
+        from pretraining.report.table import main
     return main
 
 
@@ -175,7 +175,7 @@ def test_bad_input_fails_cleanly_and_destroys_nothing(case, tmp_path, tiny_expor
 
 
 def test_convert_overwrite_replaces_a_folder_whole(tmp_path, tiny_exports):
-    from pretraining.convert import main
+    from pretraining.checkpoints.convert import main
 
     out = tmp_path / "academic"
     out.mkdir()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pretraining.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
-from pretraining.engine import DistInfo, TorchEngine
+from pretraining.checkpoints.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from pretraining.train.engine import DistInfo, TorchEngine
 from pretraining.errors import UserError
 
 SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretraining.args import ModelArguments, SchedulerArguments
+from pretraining.train.args import ModelArguments, SchedulerArguments
 from pretraining.errors import UserError
-from pretraining.modeling import build_config
-from pretraining.training import PretrainingConfig, pretrain
+from pretraining.model.modeling import build_config
+from pretraining.train.training import PretrainingConfig, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -68,7 +68,7 @@ def _conf(path: Path, text: str) -> str:
      None),
 ])
 def test_customized_curve_conf_files(conf, expected, tmp_path):
-    from pretraining.schedules import build_scheduler
+    from pretraining.train.schedules import build_scheduler
 
     args = SchedulerArguments(lr_schedule="step", curve="customized", warmup_proportion=0.1,
                               curve_conf_file=_conf(tmp_path / "curve.conf", conf))
@@ -95,8 +95,8 @@ def test_customized_curve_and_optimizer_errors_and_runs(pretrain_flags, tmp_path
     for (key, a), b in zip(result.model.state_dict().items(), initial.model.state_dict().values()):
         assert torch.equal(a, b), key  # the do-nothing optimizer changed nothing
     sgd = _conf(tmp_path / "sgd.conf", "[general]\ntype = sgd\n[hyperparams]\nmomentum = 0.9\nnesterov = yes\n")
-    from pretraining.args import OptimizerArguments
-    from pretraining.optimizers import build_optimizer
+    from pretraining.train.args import OptimizerArguments
+    from pretraining.train.optimizers import build_optimizer
 
     optimizer = build_optimizer(torch.nn.Linear(2, 2), OptimizerArguments(optimizer_type="customized", lr=0.1,
                                                                            optimizer_conf_file=sgd))
@@ -137,7 +137,7 @@ def test_readme_flow_fills_every_column(tiny_shards, tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         assert (runs / job / "finetune" / "rotten_tomatoes" / "all_results.json").is_file()  # where the report reads
     csv_path = tmp_path / "results.csv"
-    done = subprocess.run([str(Path(os.sys.executable)), "-m", "pretraining.report", str(runs), "--csv", str(csv_path)],
+    done = subprocess.run([str(Path(os.sys.executable)), "-m", "pretraining.report.table", str(runs), "--csv", str(csv_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["run"]: r for r in csv.DictReader(io.StringIO(csv_path.read_text()))}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pretraining import demo, stages
+from pretraining.report import demo
+from pretraining.report import stages
 from pretraining.errors import UserError
 
 pytestmark = pytest.mark.slow  # processes launched and killed: `make test-fast` skips these
@@ -110,7 +111,7 @@ def test_bad_arguments_are_reported_together(tmp_path, monkeypatch):
 
 
 def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pretraining.demo", "--output_dir", str(out), "--optimizers", "adamw",
+    command = [sys.executable, "-m", "pretraining.report.demo", "--output_dir", str(out), "--optimizers", "adamw",
                "adafactor", "--max_steps", "4", "--grid_points", "2", "--max_documents", "200", "--num_train_shards", "2",
                "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
                "--intermediate_size", "64", "--train_batch_size", "8", "--print_steps", "2",
@@ -180,7 +181,7 @@ SLEEPER = textwrap.dedent("""
 DRIVER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pretraining import stages
+    from pretraining.report import stages
     script, pid_file, out = sys.argv[1:4]
     stage = stages.Stage("sleep", script, [pid_file], Path(out) / "sleep", is_complete=lambda: False)
     try:

@@ -1,7 +1,7 @@
 """Knowledge distillation: the loss against hand-computed values, and a student that learns from a teacher.
 
-pretraining.distillation (which imports transformers.Trainer) is imported through the
-``kd`` fixture, after pretraining.modeling: importing Trainer replaces the ``transformers``
+pretraining.finetune.distillation (which imports transformers.Trainer) is imported through the
+``kd`` fixture, after pretraining.model.modeling: importing Trainer replaces the ``transformers``
 module object, and modeling.py (``transformers.initialization``) must see the original.
 """
 
@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from pretraining.errors import UserError
-from pretraining.modeling import BertConfig, BertForSequenceClassification
+from pretraining.model.modeling import BertConfig, BertForSequenceClassification
 
 
 @pytest.fixture(scope="module")
 def kd():
-    import pretraining.distillation
+    import pretraining.finetune.distillation
 
-    return pretraining.distillation
+    return pretraining.finetune.distillation
 
 
 def _numpy_loss(student, teacher, labels, alpha, temperature):
@@ -80,7 +80,7 @@ def test_regression_loss(kd):
 def _polarity(bert_tokenizer):
     import datasets
 
-    from pretraining import glue
+    from pretraining.finetune import glue
     from pretraining.resources import pang_lee_polarity
 
     lines = [line for line in pang_lee_polarity().read_bytes().decode("latin-1").splitlines() if line.strip()]
@@ -92,7 +92,7 @@ def _polarity(bert_tokenizer):
 def _make_teacher(export_dir, batch, out_dir):
     """A tiny classifier whose logit gap is a large multiple of its pooled features' main
     direction of variation: decisive, input-dependent, about half of each class."""
-    from pretraining import glue
+    from pretraining.finetune import glue
 
     torch.manual_seed(0)  # the export has no pooler (masked-LM pretraining trains none): it starts fresh, seeded
     teacher, _ = glue.load_model_for_task(str(export_dir), 2, "single_label_classification")
@@ -119,7 +119,7 @@ def _agreement_and_kl(model, teacher, batch):
 def test_distilled_student_learns_the_teacher(kd, tiny_exports, bert_tokenizer, tmp_path):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
-    from pretraining import glue
+    from pretraining.finetune import glue
 
     train = _polarity(bert_tokenizer).select(range(160))
     collator = DataCollatorWithPadding(bert_tokenizer)

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretraining.args import ModelArguments
+from pretraining.train.args import ModelArguments
 from pretraining.errors import UserError
-from pretraining.layers import PaddedLayout, UnpaddedLayout, make_layout
-from pretraining.export import export_pretrained
-from pretraining.modeling import (
+from pretraining.model.layers import PaddedLayout, UnpaddedLayout, make_layout
+from pretraining.checkpoints.export import export_pretrained
+from pretraining.model.modeling import (
     BertConfig,
     BertForPreTraining,
     BertForSequenceClassification,

@@ -232,7 +232,7 @@ def _latest(run_dir: Path) -> Path:
 
 @pytest.mark.timeout(400)
 def test_pretraining_killed_at_several_moments_resumes_with_identical_losses(pretrain_flags, single_thread, capsys):
-    from pretraining.training import PretrainingConfig, pretrain
+    from pretraining.train.training import PretrainingConfig, pretrain
 
     schedule = ("--max_steps", "10", "--max_steps_per_epoch", "4", "--num_epochs_between_checkpoints", "1")
     straight = pretrain(PretrainingConfig.parse(pretrain_flags(*schedule, job="straight")))
@@ -275,12 +275,12 @@ def test_pretraining_killed_at_several_moments_resumes_with_identical_losses(pre
 
 
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(pretrain_flags):
-    from pretraining.checkpoint import verify_checkpoint
+    from pretraining.checkpoints.checkpoint import verify_checkpoint
 
     flags = pretrain_flags("--max_steps", "4", "--max_steps_per_epoch", "4", "--num_epochs_between_checkpoints", "1")
     run_dir = Path(flags[flags.index("--output_dir") + 1]) / "tiny"
     # from the second checkpoint on, no file may grow past 1 MB (the engine state is ~12 MB): torch's writer fails
-    done = run_with_fault({"target": "pretraining.training:save_checkpoint", "nth": 2, "action": "fsize:1000000"},
+    done = run_with_fault({"target": "pretraining.train.training:save_checkpoint", "nth": 2, "action": "fsize:1000000"},
                           "run_pretraining.py", *flags)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and done.stderr.count("error: ") == 1
@@ -297,7 +297,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(pretrain_fl
 
 def inject(monkeypatch, *, from_call: int, into: str, value: float) -> None:
     """From the ``from_call``-th forward on, make the loss (``into="loss"``) or its gradients (``"grad"``) ``value``."""
-    from pretraining.modeling import BertForPreTraining
+    from pretraining.model.modeling import BertForPreTraining
 
     forward, calls = BertForPreTraining.forward, []
 
@@ -317,7 +317,7 @@ def inject(monkeypatch, *, from_call: int, into: str, value: float) -> None:
 def _weights_finite(folder: Path) -> bool:
     deepspeed_files = list((folder / "engine").rglob("*model_states.pt"))
     if deepspeed_files:
-        from pretraining.engine import _deepspeed_safe_globals
+        from pretraining.train.engine import _deepspeed_safe_globals
 
         with torch.serialization.safe_globals(_deepspeed_safe_globals()):
             state = torch.load(deepspeed_files[0], weights_only=True)["module"]
@@ -333,7 +333,7 @@ def _weights_finite(folder: Path) -> bool:
 def test_nonfinite_loss_or_gradients_stop_and_keep_the_last_good_checkpoint(engine, precision, into, value, request,
                                                                             pretrain_flags, single_thread, monkeypatch,
                                                                             capsys):
-    from pretraining.training import PretrainingConfig, pretrain
+    from pretraining.train.training import PretrainingConfig, pretrain
 
     if engine == "deepspeed":
         request.getfixturevalue("deepspeed_ready")
@@ -363,7 +363,7 @@ def test_fp16_overflows_are_skipped_counted_and_stop_after_scale_cnt_limit(engin
     """Gradients that overflow at every scale from step 4 on: every update is skipped and counted, the scale backs
     off to DeepSpeed's minimum of 1 (where ZeRO 1's loss scaler used to raise a bare Exception), and the run stops
     at --scale_cnt_limit with one error naming the step and the last good checkpoint."""
-    from pretraining.training import PretrainingConfig, pretrain
+    from pretraining.train.training import PretrainingConfig, pretrain
     from tests.test_loss_scaling import ENGINES
 
     inject(monkeypatch, from_call=7, into="grad", value=float("inf"))  # step 4 on (2 micro-batches a step)
@@ -399,7 +399,7 @@ def test_fp16_overflows_are_skipped_counted_and_stop_after_scale_cnt_limit(engin
 def test_when_one_rank_dies_or_hangs_the_other_stops_with_a_clear_error(fault, tiny_shards, tmp_path):
     """Two ranks started as a multi-node launcher would (no torchrun agent to clean up): rank 1 is killed, or
     frozen, mid-training; rank 0 must exit with one clear error, within --ddp_timeout for a frozen peer."""
-    from pretraining.engine import free_port
+    from pretraining.train.engine import free_port
     from tests.conftest import TINY_PRETRAIN_FLAGS
 
     timeout_s = 10

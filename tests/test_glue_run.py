@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import run_glue
-from pretraining import glue
+from pretraining.finetune import glue
 from pretraining.resources import pang_lee_polarity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_distillation_through_the_cli(tiny_exports, tmp_path):
 
 
 def test_clear_errors(tiny_exports, minilm_dir, tmp_path, capsys):
-    from pretraining.modeling import BertConfig, BertForSequenceClassification
+    from pretraining.model.modeling import BertConfig, BertForSequenceClassification
 
     small = tmp_path / "small-vocab"
     BertForSequenceClassification(BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=1,

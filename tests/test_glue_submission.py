@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pretraining.errors import UserError
-from pretraining.glue import SERVER_FILES, SERVER_ROWS
-from pretraining.glue.submission import build_submission
+from pretraining.finetune.glue import SERVER_FILES, SERVER_ROWS
+from pretraining.finetune.glue.submission import build_submission
 
 LABELS = {"MNLI-m": "neutral", "MNLI-mm": "contradiction", "AX": "entailment", "QNLI": "not_entailment",
           "RTE": "entailment", "STS-B": "3.250"}
@@ -33,7 +33,7 @@ def finetune_folders(root: Path, rows: int = 3, model: str = "/runs/adamw/pretra
 
 
 def test_a_complete_set_becomes_the_servers_zip(tmp_path, capsys):
-    from pretraining.report import main
+    from pretraining.report.table import main
 
     finetune_folders(tmp_path / "ft")
     main(["--glue_submission", str(tmp_path / "ft"), "--out", str(tmp_path / "glue.zip"), "--allow_partial"])

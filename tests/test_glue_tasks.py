@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pretraining import glue
+from pretraining.finetune import glue
 from pretraining.errors import UserError
 
 
@@ -307,7 +307,7 @@ def test_submission_regression(tmp_path):
 
 def _parse(argv):
     from pretraining.cli import parse_args
-    from pretraining.finetune import GlueDataArguments, GlueModelArguments, GlueTrainingArguments
+    from pretraining.finetune.runner import GlueDataArguments, GlueModelArguments, GlueTrainingArguments
 
     return parse_args((GlueModelArguments, GlueDataArguments, GlueTrainingArguments), argv)
 
@@ -332,7 +332,7 @@ def test_seed_flags_parse(tmp_path):
 
 def test_bad_arguments_are_gathered():
     from pretraining.cli import ArgumentChecker
-    from pretraining.finetune import GlueDataArguments
+    from pretraining.finetune.runner import GlueDataArguments
 
     check = ArgumentChecker()
     GlueDataArguments(task_name="squad", max_seq_length=0, max_train_samples=-1).validate(check)
@@ -342,7 +342,7 @@ def test_bad_arguments_are_gathered():
 
 
 def test_model_fit_checks(bert_tokenizer):
-    from pretraining.modeling import BertConfig
+    from pretraining.model.modeling import BertConfig
 
     with pytest.raises(UserError, match="30522 tokens but m embeds only 1000"):
         glue.check_model_fits(BertConfig(vocab_size=1000), bert_tokenizer, 128, "m")

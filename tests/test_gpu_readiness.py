@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pretraining.errors import UserError
-from pretraining.training import PretrainingConfig, pretrain
+from pretraining.train.training import PretrainingConfig, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_zero_sharding_with_a_per_tensor_optimizer_is_one_clear_error(optimizer,
 
 
 def test_a_json_argument_file_is_read_after_the_launchers_local_rank(tmp_path):
-    from pretraining.run_args import PretrainingArguments  # noqa: F401  (the group that owns --local_rank)
+    from pretraining.train.run_args import PretrainingArguments  # noqa: F401  (the group that owns --local_rank)
 
     args = tmp_path / "args.json"
     args.write_text(json.dumps({"dataset_path": "data", "output_dir": "runs", "lr": 3e-4, "deepspeed": True}))
@@ -75,7 +75,7 @@ def test_a_json_argument_file_is_read_after_the_launchers_local_rank(tmp_path):
 @pytest.mark.slow
 def test_the_deepspeed_launcher_runs_a_json_argument_file(pretrain_flags, tmp_path, deepspeed_ready):
     """The real launcher: `deepspeed run_pretraining.py args.json` (it runs run_pretraining.py --local_rank=0 ...)."""
-    from pretraining.engine import free_port
+    from pretraining.train.engine import free_port
 
     flags = pretrain_flags("--deepspeed", "--max_steps", "2")
     data = {}
@@ -117,7 +117,7 @@ class FakeCuda:
 
 
 def test_a_rank_saves_and_restores_only_its_own_gpus_random_state(monkeypatch):
-    from pretraining.checkpoint import rng_state, set_rng_state
+    from pretraining.checkpoints.checkpoint import rng_state, set_rng_state
 
     cuda = FakeCuda()
     cuda.install(monkeypatch)
@@ -135,7 +135,7 @@ def test_a_rank_saves_and_restores_only_its_own_gpus_random_state(monkeypatch):
 
 
 def test_more_ranks_than_visible_gpus_is_a_clear_error():
-    from pretraining.engine import pick_device
+    from pretraining.train.engine import pick_device
 
     assert pick_device(1, True, 2, "4,5") == torch.device("cuda", 1)
     assert pick_device(3, False, 0, None) == torch.device("cpu")
@@ -151,8 +151,8 @@ def test_bf16_on_deepspeed_accumulates_in_fp32_at_zero1_and_says_where_it_cannot
                                                                                   deepspeed_ready, capsys):
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 
-    from pretraining.run_setup import build_run
-    from pretraining.training import Pretraining
+    from pretraining.train.run_setup import build_run
+    from pretraining.train.training import Pretraining
 
     run = Pretraining(build_run(PretrainingConfig.parse(pretrain_flags(
         "--deepspeed", "--bf16", "--zero_stage", "1", "--max_steps", "6", "--lr", "5e-3"))))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pretraining.errors import UserError
-from pretraining.training import PretrainingConfig, pretrain
+from pretraining.train.training import PretrainingConfig, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,8 @@ def test_a_nonfinite_stop_exits_1_and_reports_failed(pretrain_flags, single_thre
         main(pretrain_flags("--max_steps", "5"))
     assert stopped.value.code == 1
     assert "error: the training loss became nan at step 2" in capsys.readouterr().out
-    from pretraining.report import _status
-    from pretraining.runs import load_run
+    from pretraining.report.table import _status
+    from pretraining.report.runs import load_run
 
     assert _status(load_run(tmp_path / "runs" / "tiny"), has_finetune=True) == "failed (nonfinite_loss)"
 
@@ -131,7 +131,7 @@ def test_a_resume_with_other_settings_records_them_with_the_step(pretrain_flags,
 
 
 def test_decimal_labels_make_a_regression_task_with_a_notice(tmp_path, caplog):
-    from pretraining.glue.readers import load_local_files
+    from pretraining.finetune.glue.readers import load_local_files
 
     train = tmp_path / "train.csv"
     train.write_text("sentence,label\na,1.5\nb,0\nc,2.25\n")

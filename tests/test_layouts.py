@@ -10,11 +10,11 @@ import pytest
 import torch
 import transformers
 
-from pretraining import glue
-from pretraining.layouts import check_loading
+from pretraining.finetune import glue
+from pretraining.checkpoints.layouts import check_loading
 from pretraining.errors import UserError
-from pretraining.export import export_pretrained
-from pretraining.modeling import BertConfig, BertForPreTraining
+from pretraining.checkpoints.export import export_pretrained
+from pretraining.model.modeling import BertConfig, BertForPreTraining
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 MODES = {  # (encoder_ln_mode, layernorm_embedding) -> the stock class that must load the export
@@ -92,7 +92,7 @@ def test_fine_tuned_pre_ln_output_loads_in_stock_transformers(bert_tokenizer, tm
 
 def _academic_checkpoint(folder, mode, fused, hidden=32, layers=2, vocab=40, ffn=64, positions=16):
     """A checkpoint folder in academic-budget-bert's layout, its key names written out here as their
-    pretraining/modeling.py names them (not derived from this package's converter)."""
+    pretraining/model/modeling.py names them (not derived from this package's converter)."""
     dense = "dense_act" if fused else "dense_act.dense"  # LinearActivation vs RegularLinearActivation
     g = torch.Generator().manual_seed(1)
 
@@ -170,7 +170,7 @@ def test_a_checkpoint_whose_encoder_does_not_load_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("mode", ["pre-ln", "post-ln"])
 def test_convert_to_academic_budget_bert_and_back(mode, bert_tokenizer, tmp_path):
-    from pretraining.convert import main
+    from pretraining.checkpoints.convert import main
 
     model = _tiny(bert_tokenizer, mode, mode == "post-ln")
     source = export_pretrained(model, bert_tokenizer, tmp_path / "run" / "pretrained")

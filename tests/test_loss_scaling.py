@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from pretraining.training import PretrainingConfig, pretrain
+from pretraining.train.training import PretrainingConfig, pretrain
 from tests.test_faults import inject
 
 ENGINES = {"torch": [], "deepspeed-zero0": ["--deepspeed"], "deepspeed-zero1": ["--deepspeed", "--zero_stage", "1"]}

@@ -1,4 +1,4 @@
-"""pretraining.modeling against transformers' BERT (same weights, same numbers) and its own contracts."""
+"""pretraining.model.modeling against transformers' BERT (same weights, same numbers) and its own contracts."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from pretraining.args import ModelArguments
+from pretraining.train.args import ModelArguments
 from pretraining.errors import UserError
-from pretraining.export import export_pretrained
-from pretraining.modeling import (
+from pretraining.checkpoints.export import export_pretrained
+from pretraining.model.modeling import (
     PRE_LN_MODEL_TYPE,
     BertConfig,
     BertForPreTraining,
@@ -218,7 +218,7 @@ def test_rms_norm_and_apex_alias(caplog):
     assert len(norms) == 2 * 2 + 1 + 1 + 1  # two per layer, final, embeddings, MLM transform
     inputs, labels, _ = batch()
     assert torch.isfinite(model(**inputs, labels=labels).loss)
-    with caplog.at_level(logging.WARNING, logger="pretraining.modeling"):
+    with caplog.at_level(logging.WARNING, logger="pretraining.model.modeling"):
         config = tiny(layer_norm_type="apex")
     assert config.layer_norm_type == "pytorch"
     assert sum("apex" in r.getMessage() for r in caplog.records) == 1

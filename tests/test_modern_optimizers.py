@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from pretraining.errors import UserError
-from pretraining.training import PretrainingConfig, pretrain
+from pretraining.train.training import PretrainingConfig, pretrain
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

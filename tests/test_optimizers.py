@@ -1,4 +1,4 @@
-"""pretraining.optimizers: each optimizer's first steps against a float64 reference of its published rule."""
+"""pretraining.train.optimizers: each optimizer's first steps against a float64 reference of its published rule."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from pretraining.args import OptimizerArguments
+from pretraining.train.args import OptimizerArguments
 from pretraining.errors import UserError
-from pretraining.modeling import BertConfig, BertForPreTraining
-from pretraining.optimizers import OPTIMIZERS, Lamb, build_optimizer, parameter_groups
+from pretraining.model.modeling import BertConfig, BertForPreTraining
+from pretraining.train.optimizers import OPTIMIZERS, Lamb, build_optimizer, parameter_groups
 
 STEPS = 3
 
@@ -179,7 +179,7 @@ def test_first_steps_match_the_published_update(case):
 
 def test_schedule_free_adamw_evaluates_and_exports_its_average():
     """eval() puts the averaged weights x into the module (validation, export), train() the interpolation y back."""
-    from pretraining.optimizers import switch_weights
+    from pretraining.train.optimizers import switch_weights
 
     opt_args = args("sfadamw")
     model = make_model()
@@ -206,7 +206,7 @@ def bert(**overrides):
 
 
 def test_muon_takes_the_encoders_hidden_matrices_and_leaves_the_rest_to_adamw():
-    from pretraining.optimizers import muon_parameter_names
+    from pretraining.train.optimizers import muon_parameter_names
 
     model = bert()
     names = muon_parameter_names(model)
@@ -224,7 +224,7 @@ def test_muon_takes_the_encoders_hidden_matrices_and_leaves_the_rest_to_adamw():
 def test_muon_matches_torch_muon_on_the_matrices_and_torch_adamw_elsewhere():
     """Our muon = torch.optim.Muon (Moonlight's match_rms_adamw LR scaling) on the hidden matrices + torch AdamW on
     embeddings, norms, biases and heads, at the same LR and decay."""
-    from pretraining.optimizers import muon_parameter_names
+    from pretraining.train.optimizers import muon_parameter_names
 
     opt_args = args("muon", lr=0.01, weight_decay=0.1)
     ours, theirs = bert(), bert()
@@ -362,7 +362,7 @@ def test_adam_and_adamw_pick_torch_fused_kernels_on_the_cpu(name):
 def test_errors_name_the_fix():
     """Each rule has one owner: the flags' group (names, coefficients), fused_lamb_problem, the Lamb class."""
     from pretraining.cli import ArgumentChecker
-    from pretraining.optimizers import Lamb, fused_lamb_problem
+    from pretraining.train.optimizers import Lamb, fused_lamb_problem
 
     check = ArgumentChecker()
     args("sgd", min_coeff=0.5, max_coeff=0.1).validate(check)

@@ -16,8 +16,8 @@ import torch
 import transformers
 
 from pretraining.errors import UserError
-from pretraining.run_setup import build_run
-from pretraining.training import PretrainingConfig, pretrain
+from pretraining.train.run_setup import build_run
+from pretraining.train.training import PretrainingConfig, pretrain
 from run_pretraining import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -108,7 +108,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(pretrain_flags):
 
 
 def test_time_budget_stops_the_run_and_drives_the_schedule(pretrain_flags):
-    from pretraining.schedules import time_multiplier
+    from pretraining.train.schedules import time_multiplier
 
     # a fake clock: 30 s per reading; budget 0.2 h = 720 s with 25% warmup, early exit at 0.15 h = 540 s
     flags = pretrain_flags("--lr_schedule", "time", "--total_training_time", "0.2", "--warmup_proportion", "0.25",
@@ -133,7 +133,7 @@ def test_time_budget_stops_the_run_and_drives_the_schedule(pretrain_flags):
 
 
 def test_validation_and_checkpoint_time_is_not_training_time():
-    from pretraining.progress import TrainingTimer
+    from pretraining.train.progress import TrainingTimer
 
     now = [100.0]
     timer = TrainingTimer(lambda: now[0], offset_s=50.0)  # resumed after 50 s of training
@@ -148,7 +148,7 @@ def test_validation_and_checkpoint_time_is_not_training_time():
 def test_validation_and_early_stopping(pretrain_flags, tiny_shards):
     from pretraining.data.collator import PretrainingCollator
     from pretraining.data.shards import list_shards, read_shard
-    from pretraining.modeling import BertForPreTraining
+    from pretraining.model.modeling import BertForPreTraining
     from transformers import AutoTokenizer
 
     flags = pretrain_flags("--do_validation", "--validation_epochs_begin", "1", "--validation_micro_batch", "5",
@@ -178,7 +178,7 @@ def test_validation_and_early_stopping(pretrain_flags, tiny_shards):
 
 def test_nonfinite_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(pretrain_flags, monkeypatch,
                                                                                      capsys):
-    from pretraining.modeling import BertForPreTraining
+    from pretraining.model.modeling import BertForPreTraining
 
     forward, calls = BertForPreTraining.forward, []
 
@@ -324,7 +324,7 @@ def test_wandb_runs_offline_without_a_key_and_a_resume_continues_its_run(pretrai
 
 
 def test_wandb_mode_and_secret_redaction(monkeypatch, tmp_path):
-    from pretraining.metrics import redact, wandb_mode
+    from pretraining.train.metrics import redact, wandb_mode
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -359,7 +359,7 @@ warmup_proportion decay_rate decay_step num_warmup_steps
 def test_every_academic_budget_bert_flag_is_accepted_and_no_ops_say_so(pretrain_flags, tmp_path):
     import dataclasses
 
-    from pretraining.config import ARGUMENT_GROUPS, check_arguments
+    from pretraining.train.config import ARGUMENT_GROUPS, check_arguments
 
     ours = {f.name for group in ARGUMENT_GROUPS for f in dataclasses.fields(group)}
     assert sorted(set(ACADEMIC_BUDGET_BERT_FLAGS) - ours) == []

@@ -11,10 +11,10 @@ import re
 import pytest
 import torch
 
-from pretraining.run_args import EngineArguments
-from pretraining.engine import DeepSpeedEngine, deepspeed_config
+from pretraining.train.run_args import EngineArguments
+from pretraining.train.engine import DeepSpeedEngine, deepspeed_config
 from pretraining.errors import UserError
-from pretraining.training import PretrainingConfig, pretrain
+from pretraining.train.training import PretrainingConfig, pretrain
 
 pytestmark = pytest.mark.usefixtures("single_thread", "deepspeed_ready")
 
@@ -91,8 +91,8 @@ def test_a_deepspeed_config_file_is_used_by_the_engine(pretrain_flags, tmp_path)
     override.write_text(json.dumps({"gradient_clipping": 0.25}))
     config = PretrainingConfig.parse(pretrain_flags("--deepspeed", "--deepspeed_config", str(override),
                                                     "--max_steps", "1", "--no_finetune_checkpoint_at_end"))
-    from pretraining.run_setup import build_run
-    from pretraining.training import Pretraining
+    from pretraining.train.run_setup import build_run
+    from pretraining.train.training import Pretraining
 
     run = Pretraining(build_run(config))
     assert isinstance(run.engine, DeepSpeedEngine)

@@ -44,7 +44,7 @@ def unequal_shards(source: Path, folder: Path) -> Path:
 
 def run_torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
     """torchrun with 2 processes; killed as a whole (process group) if it outlives TIMEOUT_S."""
-    from pretraining.engine import free_port
+    from pretraining.train.engine import free_port
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), *args]
@@ -94,7 +94,7 @@ def worker(out_dir: str, flags: list[str]) -> None:
     """Under torchrun: pretrain, then record this rank's step count and a digest of its parameters."""
     import torch
 
-    from pretraining.training import PretrainingConfig, pretrain
+    from pretraining.train.training import PretrainingConfig, pretrain
 
     torch.set_num_threads(1)
     result = pretrain(PretrainingConfig.parse(flags))

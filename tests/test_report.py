@@ -1,4 +1,4 @@
-"""pretraining.report on synthetic run folders written in the run_pretraining/run_glue formats."""
+"""pretraining.report.table on synthetic run folders written in the run_pretraining/run_glue formats."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pretraining import report
+from pretraining.report import table as report
 from pretraining.errors import UserError
 
 
@@ -198,7 +198,7 @@ def test_formatters():
 
 def _seeded(accuracies, f1s=None) -> dict:
     """all_results.json of run_glue.py --seeds: built by its own summary of per-seed results."""
-    from pretraining.finetune import summarize_seeds
+    from pretraining.finetune.runner import summarize_seeds
 
     f1s = f1s or accuracies
     return summarize_seeds({seed: {"task_name": "rotten_tomatoes", "eval_loss": 0.6, "eval_accuracy": acc,

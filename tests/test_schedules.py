@@ -1,4 +1,4 @@
-"""pretraining.schedules: warmup, decay and the checkpointable scheduler."""
+"""pretraining.train.schedules: warmup, decay and the checkpointable scheduler."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import io
 import pytest
 import torch
 
-from pretraining.args import SchedulerArguments
+from pretraining.train.args import SchedulerArguments
 from pretraining.cli import ArgumentChecker
-from pretraining.schedules import (
+from pretraining.train.schedules import (
     build_scheduler,
     constant_step_multiplier,
     lr_multiplier,

@@ -16,7 +16,7 @@ from pretraining.data.shards import list_shards, read_manifest, read_shard
 from pretraining.data.vocab import SPECIAL_TOKENS, train_wordpiece, wordpiece_tokenizer
 from pretraining.errors import UserError
 from pretraining.resources import pang_lee_polarity
-from pretraining.training import PretrainingConfig, pretrain
+from pretraining.train.training import PretrainingConfig, pretrain
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TINY_CORPUS_FLAGS = ["--max_seq_length", "64", "--max_predictions_per_seq", "10", "--num_train_shards", "2",
@@ -144,8 +144,8 @@ def test_validation_sums_match_a_direct_computation_with_nsp(sparse):
     """eval_loss (MLM + NSP), eval_mlm_loss and accuracy over two batches equal the masked tokens' own figures."""
     import torch.nn.functional as F
 
-    from pretraining.evaluation import MaskedLMSums
-    from pretraining.modeling import BertConfig, BertForPreTraining
+    from pretraining.train.evaluation import MaskedLMSums
+    from pretraining.model.modeling import BertConfig, BertForPreTraining
 
     torch.manual_seed(0)
     model = BertForPreTraining(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -173,7 +173,7 @@ def test_validation_sums_match_a_direct_computation_with_nsp(sparse):
 
 
 def test_max_steps_0_exports_the_initial_weights_as_the_control(pretrain_flags):
-    from pretraining.modeling import BertForPreTraining
+    from pretraining.model.modeling import BertForPreTraining
 
     result = pretrain(PretrainingConfig.parse(pretrain_flags("--max_steps", "0", job="control")))
     assert result.end["step"] == 0 and result.end["reason"] == "max_steps"
@@ -184,7 +184,7 @@ def test_max_steps_0_exports_the_initial_weights_as_the_control(pretrain_flags):
     key = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(start[key], moved[key])  # one step moves the weights the control keeps
     torch.manual_seed(0)
-    from pretraining.report import load_run
+    from pretraining.report.table import load_run
 
     assert load_run(result.run_dir).optimizer == "none" and load_run(trained.run_dir).optimizer == "adamw"
 
@@ -232,7 +232,7 @@ def test_copy_task_is_learned_at_least_as_fast_as_transformers_bert():
     transformers' BERT at the same, larger init scale, where the plateau is short and varies little."""
     import transformers
 
-    from pretraining.modeling import BertConfig, BertForPreTraining
+    from pretraining.model.modeling import BertConfig, BertForPreTraining
 
     shape = dict(vocab_size=40, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                  max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -117,7 +117,7 @@ def test_a_training_checkpoint_with_pickled_code_is_refused(pretrain_flags, tmp_
 @pytest.fixture
 def hostile_models(tmp_path, bert_tokenizer):
     """Model folders that run code when loaded carelessly: a pickled-code weights file; an auto_map to local code."""
-    from pretraining.modeling import BertConfig, BertForSequenceClassification
+    from pretraining.model.modeling import BertConfig, BertForSequenceClassification
 
     marker = tmp_path / "code-ran"
     pickled = tmp_path / "pickled"

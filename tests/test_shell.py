@@ -17,7 +17,7 @@ WRAPPERS = {"adam": "adam.sh", "adamw": "adamw.sh", "lamb": "lamb.sh", "adafacto
 
 
 def wrapper_env(tiny_shards, out, **extra) -> dict:
-    from pretraining.engine import free_port
+    from pretraining.train.engine import free_port
 
     return {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "NUM_GPUS": "1",
             "PRECISION": "fp32", "DATA": str(tiny_shards), "OUT": str(out), "MASTER_PORT": str(free_port()),
@@ -108,7 +108,7 @@ def test_two_nodes_on_one_machine_through_the_wrapper_end_identical(tiny_shards,
     import shlex
     import signal
 
-    from pretraining.engine import free_port
+    from pretraining.train.engine import free_port
 
     worker = ROOT / "tests" / "test_pretraining_distributed.py"  # run_pretraining.py + each rank's digest
     tiny = [f for f in tiny_model_flags if f not in ("--lr", "2e-3", "--lr_schedule", "constant_step")]

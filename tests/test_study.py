@@ -1,4 +1,4 @@
-"""pretraining.study: the optimizer study over real run_pretraining.py runs on the tiny shards.
+"""pretraining.report.study: the optimizer study over real run_pretraining.py runs on the tiny shards.
 
 Bad settings are refused before any run; the sweep picks the lowest held-out loss and marks a diverged LR; the
 best LR reruns with every seed beside the untrained control; a rerun reuses everything; a killed study resumes to
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pretraining import study as study_module
+from pretraining.report import study as study_module
 from pretraining.errors import UserError
 from tests.conftest import TINY_PRETRAIN_FLAGS
 
@@ -114,7 +114,7 @@ def test_a_killed_study_resumes_to_the_same_table_and_a_failed_run_is_reported(t
 
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "pretraining.study", *study_argv(killed, tiny_shards, *base)],
+    process = subprocess.Popen([sys.executable, "-m", "pretraining.report.study", *study_argv(killed, tiny_shards, *base)],
                                cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -1,4 +1,6 @@
 """Data: corpus readers, sentence splitting, sample packing, masking, HDF5 shards, collator.
+May import the root helpers only (errors, atomic, outputs, resources); never model/, checkpoints/ or
+the packages above them.
 
 Modules (import what you need; nothing heavy is imported here):
 

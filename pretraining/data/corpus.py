@@ -301,8 +301,7 @@ def rotten_tomatoes_unlabelled(config: Optional[str] = None, cache_dir: Optional
     seen the examples it is evaluated on."""
     import pandas as pd
 
-    from pretraining.glue import rotten_tomatoes_splits
-    from pretraining.resources import rotten_tomatoes_csv
+    from pretraining.resources import rotten_tomatoes_csv, rotten_tomatoes_splits
 
     train, _ = rotten_tomatoes_splits()
     for text in train.sort_index()["text"]:

@@ -13,7 +13,8 @@ import numpy as np
 
 from pretraining.errors import UserError
 
-from pretraining.glue.tasks import GLUE_HUB_DATASET, ROTTEN_TOMATOES_VALIDATION_FRACTION, SPLIT_SEED, TASKS, TaskData, TaskSpec, local_task
+from pretraining.finetune.glue.tasks import GLUE_HUB_DATASET, SPLIT_SEED, TASKS, TaskData, TaskSpec, local_task
+from pretraining.resources import rotten_tomatoes_splits
 
 logger = logging.getLogger(__name__)
 
@@ -323,21 +324,6 @@ def load_hub_task(task: TaskSpec, dataset_name: str = GLUE_HUB_DATASET, cache_di
     return TaskData(task, convert("train", True) if "train" in raw else None,  # ax: a test split only
                     {suffix: convert(split, True) for suffix, split in task.evals},
                     {tag: convert(split, False) for tag, split in task.tests})
-
-
-def rotten_tomatoes_splits():
-    """The packaged Rotten Tomatoes snippets as pandas frames (train, validation): fresh/rotten only
-    (plot summaries dropped, duplicate texts dropped), split 90/10 with a fixed seed; columns
-    ``category``, ``text``, ``movie_name``."""
-    import pandas as pd
-
-    from pretraining.resources import rotten_tomatoes_csv
-
-    frame = pd.read_csv(rotten_tomatoes_csv(), usecols=["category", "text", "movie_name"])
-    frame = frame[frame["category"].isin(["fresh", "rotten"])].drop_duplicates("text").reset_index(drop=True)
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(frame))
-    n_eval = int(round(len(frame) * ROTTEN_TOMATOES_VALIDATION_FRACTION))
-    return frame.iloc[order[n_eval:]], frame.iloc[order[:n_eval]]
 
 
 def load_rotten_tomatoes() -> TaskData:

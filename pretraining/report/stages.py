@@ -1,7 +1,7 @@
 """The demo's stage runner: each stage a script run in a subprocess (the venv's python), reused when its
 recorded settings match and its output is complete, redone (with the stages built on it) when they changed,
 its output streamed to the console and to ``OUT/logs/<stage>.log``, its wall and CPU time recorded in
-``OUT/stages/<stage>.json``. The demo's own stages are in :mod:`pretraining.demo`."""
+``OUT/stages/<stage>.json``. The demo's own stages are in :mod:`pretraining.report.demo`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence
 
 #: the repository root: a stage's script path is relative to it
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

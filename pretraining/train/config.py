@@ -1,6 +1,6 @@
 """run_pretraining.py's configuration: its argument groups together, the rules across groups and the values
 derived from several of them (gradient accumulation, the time budget). Each group's own rules live with the
-group in :mod:`pretraining.args` and :mod:`pretraining.run_args`."""
+group in :mod:`pretraining.train.args` and :mod:`pretraining.train.run_args`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretraining.args import ModelArguments, OptimizerArguments, SchedulerArguments
+from pretraining.train.args import ModelArguments, OptimizerArguments, SchedulerArguments
 from pretraining.cli import ArgumentChecker, asdict, parse_args
-from pretraining.run_args import DatasetArguments, EngineArguments, PretrainingArguments
+from pretraining.train.run_args import DatasetArguments, EngineArguments, PretrainingArguments
 
 ARGUMENT_GROUPS = (ModelArguments, OptimizerArguments, SchedulerArguments, DatasetArguments, EngineArguments,
                    PretrainingArguments)
@@ -83,9 +83,9 @@ def check_arguments(config: PretrainingConfig, world_size: int) -> tuple[int, li
 
     Returns the gradient accumulation steps and the notices for no-op flags.
     """
-    from pretraining.engine import bf16_accumulation_notice, check_precision_supported
-    from pretraining.optimizers import deepspeed_problem, fused_lamb_problem
-    from pretraining.schedules import step_warmup
+    from pretraining.train.engine import bf16_accumulation_notice, check_precision_supported
+    from pretraining.train.optimizers import deepspeed_problem, fused_lamb_problem
+    from pretraining.train.schedules import step_warmup
 
     if config.run.add_nsp:
         config.model.model_type = "bert-mlm-nsp"

@@ -14,7 +14,6 @@ from pretraining.errors import UserError
 
 # Fixed, independent of --seed: the same split and subsets for every run.
 SPLIT_SEED = 42
-ROTTEN_TOMATOES_VALIDATION_FRACTION = 0.1
 GLUE_HUB_DATASET = "nyu-mll/glue"
 
 # --- metrics --------------------------------------------------------------------

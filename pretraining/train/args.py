@@ -1,5 +1,5 @@
 """The model, optimizer and LR-schedule argument groups, with academic-budget-bert's flag names (run_pretraining.py's
-own groups are in :mod:`pretraining.run_args`).
+own groups are in :mod:`pretraining.train.run_args`).
 
 Every field has help text; scripts parse them with :func:`pretraining.cli.parse_args`
 and check them with each group's ``validate(check)`` (errors gathered, raised once).
@@ -12,8 +12,8 @@ from typing import Optional
 
 from pretraining.cli import ArgumentChecker
 from pretraining.errors import UserError
-from pretraining.layers import LN_MODES, NORM_TYPES, UNPADDED_ATTENTION
-from pretraining.schedules import CURVE_NAMES, SCHEDULES
+from pretraining.model.layers import LN_MODES, NORM_TYPES, UNPADDED_ATTENTION
+from pretraining.train.schedules import CURVE_NAMES, SCHEDULES
 
 
 @dataclass
@@ -101,7 +101,7 @@ class ModelArguments:
     )
 
     def validate(self, check: ArgumentChecker) -> None:
-        from pretraining.modeling import config_problems
+        from pretraining.model.modeling import config_problems
 
         check.require(self.vocab_size is None or self.vocab_size > 0, "--vocab_size must be > 0")
         check.extend(config_problems(self, flag="--"))
@@ -143,7 +143,7 @@ class OptimizerArguments:
         self.optimizer_type = str(self.optimizer_type).lower()
 
     def validate(self, check: ArgumentChecker) -> None:
-        from pretraining.optimizers import OPTIMIZERS, lamb_coefficients_problem
+        from pretraining.train.optimizers import OPTIMIZERS, lamb_coefficients_problem
 
         check.choice("--optimizer_type", self.optimizer_type, sorted(OPTIMIZERS))
         check.require(self.lr > 0, f"--lr must be > 0 (got {self.lr})")
@@ -154,7 +154,7 @@ class OptimizerArguments:
         check.require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "--adam_beta1/--adam_beta2 must be in [0, 1)")
         check.add(lamb_coefficients_problem(self.min_coeff, self.max_coeff))
         if self.optimizer_type == "customized":
-            from pretraining.custom_curves import optimizer_spec
+            from pretraining.train.custom_curves import optimizer_spec
 
             try:
                 optimizer_spec(self.optimizer_conf_file)
@@ -209,7 +209,7 @@ class SchedulerArguments:
         check.require(self.decay_step > 0, "--decay_step must be > 0")
         check.require(self.num_warmup_steps >= 0, "--num_warmup_steps must be >= 0")
         if self.curve == "customized":
-            from pretraining.custom_curves import load_curve
+            from pretraining.train.custom_curves import load_curve
 
             try:
                 load_curve(self.curve_conf_file)

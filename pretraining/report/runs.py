@@ -1,7 +1,7 @@
 """Run folders read back: what ``run_pretraining.py`` wrote (``args.json``, ``metrics.jsonl``) and what
 ``run_glue.py`` wrote under it (``finetune/<task>/all_results.json``), as a :class:`RunRecord`; damaged or
 missing files become the record's ``problems``, never an exception. The table built from them is
-:mod:`pretraining.report`; the demo reads its stages' state through these names too."""
+:mod:`pretraining.report.table`; the demo reads its stages' state through these names too."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Exports: :func:`export_pretrained` (a trained model -> a folder stock transformers loads), and the files of an export
-in another layout (:mod:`pretraining.layouts` has the layouts and their renames): stock transformers' config and
+in another layout (:mod:`pretraining.checkpoints.layouts` has the layouts and their renames): stock transformers' config and
 tensors (:func:`stock_files`), the model card, and academic-budget-bert's checkpoint files (:func:`academic_files`,
 ``python -m pretraining.convert --to academic-budget-bert``)."""
 
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from pretraining.errors import UserError
-from pretraining.layouts import ACADEMIC_EXPORT_RULES, ACADEMIC_MARKER, rename, stock_config, stock_layout, to_stock
-from pretraining.modeling import PRE_LN_MODEL_TYPE, VOCAB_KEY_SUFFIXES, BertPreTrainedModel, unwrap_model  # noqa: F401
+from pretraining.checkpoints.layouts import ACADEMIC_EXPORT_RULES, ACADEMIC_MARKER, rename, stock_config, stock_layout, to_stock
+from pretraining.model.modeling import PRE_LN_MODEL_TYPE, VOCAB_KEY_SUFFIXES, BertPreTrainedModel, unwrap_model  # noqa: F401
 
 #: our class -> the stock class suffix its export uses
 STOCK_KINDS = {"BertForPreTraining": "ForMaskedLM", "BertForSequenceClassification": "ForSequenceClassification"}
@@ -51,7 +51,7 @@ def model_card(config, layout: Optional[str], details: dict) -> str:
     """README.md of an export: what the model is, how it was trained, how to load it."""
     classes = (f"`{STOCK_CLASS_NAMES[layout]}ForMaskedLM` / `{STOCK_CLASS_NAMES[layout]}ForSequenceClassification`"
                if layout else "`BertForMaskedLM` / `BertForSequenceClassification`" if not config.pre_ln
-               else "`pretraining.modeling.BertForPreTraining` (this package's own layout)")
+               else "`pretraining.model.modeling.BertForPreTraining` (this package's own layout)")
     rows = [("architecture", f"BERT L{config.num_hidden_layers}-H{config.hidden_size}, {config.num_attention_heads} "
                              f"heads, FFN {config.intermediate_size}, {config.encoder_ln_mode}, "
                              f"{config.hidden_act}, vocabulary {config.vocab_size:,}, "
@@ -124,7 +124,7 @@ def academic_files(model, args: Optional[dict] = None) -> tuple[dict, dict, dict
 def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike, card: dict | None = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` (fp32), the tokenizer files and a model card to ``out_dir``.
 
-    The layout is the one stock transformers loads without custom code (:mod:`pretraining.layouts`):
+    The layout is the one stock transformers loads without custom code (:mod:`pretraining.checkpoints.layouts`):
     post-LN models as transformers' BERT; pre-LN GELU/LayerNorm models as ``RobertaPreLayerNorm*``
     (with the embedding LayerNorm) or ``XLMRobertaXL*`` (without), so ``AutoModelForMaskedLM``,
     ``AutoModelForSequenceClassification`` (for a fine-tuned classifier: its task head too) and
@@ -144,7 +144,7 @@ def export_pretrained(model: nn.Module, tokenizer, out_dir: str | os.PathLike, c
 
     model = unwrap_model(model)
     if not isinstance(model, BertPreTrainedModel):
-        raise UserError(f"export_pretrained needs a model from pretraining.modeling, got {type(model).__name__}")
+        raise UserError(f"export_pretrained needs a model from pretraining.model.modeling, got {type(model).__name__}")
     config = copy.deepcopy(model.config)
     vocab, padded = config.vocab_size, config.padded_vocab_size
     state = {}

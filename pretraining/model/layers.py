@@ -1,6 +1,6 @@
-"""BERT building blocks with Hugging Face parameter names (used by :mod:`pretraining.modeling`).
+"""BERT building blocks with Hugging Face parameter names (used by :mod:`pretraining.model.modeling`).
 
-Every module takes a :class:`pretraining.modeling.BertConfig`. Two LayerNorm placements:
+Every module takes a :class:`pretraining.model.modeling.BertConfig`. Two LayerNorm placements:
 
 * ``post-ln`` (original BERT; identical to ``transformers.BertModel``)::
 

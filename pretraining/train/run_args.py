@@ -1,6 +1,6 @@
 """run_pretraining.py's own argument groups (the dataset, the engine and precision, the run itself), with
 academic-budget-bert's flag names; the model, optimizer and schedule groups, shared with the benchmarks and the
-fine-tuning checks, are in :mod:`pretraining.args`."""
+fine-tuning checks, are in :mod:`pretraining.train.args`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Results table and plots from run folders.
 
 ``python -m pretraining.report RUN_DIR... --out results.md --plot results.png [--csv results.csv]``;
-``python -m pretraining.report --glue_submission FINETUNE_DIR... --out glue.zip`` (:mod:`pretraining.glue.submission`)
+``python -m pretraining.report --glue_submission FINETUNE_DIR... --out glue.zip`` (:mod:`pretraining.finetune.glue.submission`)
 
 A run folder is what ``run_pretraining.py`` writes (``args.json``, ``metrics.jsonl``)
 plus what ``run_glue.py`` writes under it (``finetune/<task>/all_results.json``). A
@@ -28,8 +28,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 from pretraining.atomic import write_text_atomic
 from pretraining.errors import UserError, run_main
 from pretraining.outputs import check_output_file
-from pretraining.progress import exit_code
-from pretraining.runs import (ARGS_FILE, CONTROL, FINETUNE_DIR, METRICS_FILE, MISSING, RESULTS_FILE, RunRecord,
+from pretraining.train.progress import exit_code
+from pretraining.report.runs import (ARGS_FILE, CONTROL, FINETUNE_DIR, METRICS_FILE, MISSING, RESULTS_FILE, RunRecord,
                               discover_runs, format_count, format_duration, load_run)
 
 # (key, markdown header, formatter of a row -> cell text, or None when the value is missing)
@@ -132,7 +132,7 @@ def pretraining_summary(record: RunRecord) -> dict:
 
 def _main_metric(task: Optional[str], results: dict) -> Optional[str]:
     """The task's main metric (GLUE's table; accuracy for other tasks) if its results have it."""
-    from pretraining.glue import TASKS
+    from pretraining.finetune.glue import TASKS
 
     spec = TASKS.get(str(task))
     for name in ([spec.main_metric] if spec else []) + ["accuracy"]:
@@ -292,7 +292,7 @@ def build_report(run_dirs: Iterable[str | Path], out: Optional[str | Path] = Non
     if csv_path:
         _write(Path(csv_path), render_csv(rows))
     if plot:
-        from pretraining.plots import plot_runs
+        from pretraining.report.plots import plot_runs
 
         plot_runs(records, rows, plot)
     return rows, table
@@ -321,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None):
     """Print the results table; write the files named by --out/--csv/--plot."""
     args = _parser().parse_args(argv)
     if args.glue_submission:
-        from pretraining.glue.submission import build_submission
+        from pretraining.finetune.glue.submission import build_submission
 
         if not args.out or not args.out.endswith(".zip"):
             raise UserError("--glue_submission needs --out NAME.zip (the file the GLUE server takes)")
@@ -344,7 +344,7 @@ def main(argv: Optional[Sequence[str]] = None):
 def results_table(results: Mapping[str, Mapping[str, float]], failed: Sequence[str] = ()) -> str:
     """A markdown table, one row per task, from each run's ``all_results.json`` dict (shell/finetune.sh's): a metric
     over several seeds as mean ± std; a task in ``failed`` as FAILED, never with numbers an earlier run left."""
-    from pretraining.glue.tasks import METRICS
+    from pretraining.finetune.glue.tasks import METRICS
 
     rows = ["| task | metrics | eval_loss | train_runtime (s) |", "|---|---|---|---|"]
     for name, result in results.items():

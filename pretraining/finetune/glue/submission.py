@@ -20,7 +20,7 @@ from typing import Iterable
 
 from pretraining.atomic import atomic_file
 from pretraining.errors import UserError
-from pretraining.glue.tasks import SERVER_FILES, SERVER_ROWS, TASKS
+from pretraining.finetune.glue.tasks import SERVER_FILES, SERVER_ROWS, TASKS
 
 #: server file name -> the task whose labels it holds
 SERVER_TASK = {name: TASKS["mnli" if tag.startswith("mnli") else tag] for tag, name in SERVER_FILES.items()}

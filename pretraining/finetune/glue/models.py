@@ -36,8 +36,8 @@ def checkpoint_model_type(model_name_or_path: str, cache_dir: Optional[str]) -> 
 
 def _classifier_classes() -> dict:
     """model_type -> (config class, model class); BERT (pre-ln or post-ln) uses this project's model."""
-    import pretraining.layouts  # noqa: F401 - registers the readers of the other layouts with the model classes
-    from pretraining.modeling import PRE_LN_MODEL_TYPE, BertConfig, BertForSequenceClassification
+    import pretraining.checkpoints.layouts  # noqa: F401 - registers the readers of the other layouts with the model classes
+    from pretraining.model.modeling import PRE_LN_MODEL_TYPE, BertConfig, BertForSequenceClassification
 
     return {name: (BertConfig, BertForSequenceClassification)
             for name in ("bert", PRE_LN_MODEL_TYPE, "roberta-prelayernorm", "xlm-roberta-xl")}
@@ -48,8 +48,8 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
     """A sequence classifier from a checkpoint folder (or Hub name), with a fresh head when it has none.
 
     BERT checkpoints (Hugging Face's, this project's exports in every layout, academic-budget-bert's
-    checkpoint folders: :mod:`pretraining.layouts`) load into
-    :class:`pretraining.modeling.BertForSequenceClassification`, and a UserError names any encoder
+    checkpoint folders: :mod:`pretraining.checkpoints.layouts`) load into
+    :class:`pretraining.model.modeling.BertForSequenceClassification`, and a UserError names any encoder
     or embedding weight that did not load; other model types load into transformers'
     ``AutoModelForSequenceClassification``. ``problem_type`` is ``single_label_classification`` or
     ``regression``. Returns ``(model, missing_keys)``, ``missing_keys`` naming the freshly
@@ -68,7 +68,7 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
         model, info = model_class.from_pretrained(model_name_or_path, config=config, cache_dir=cache_dir,
                                                   output_loading_info=True, trust_remote_code=False)
     except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met pickled code or objects
-        from pretraining.checkpoint import unsafe_pickle_detail
+        from pretraining.checkpoints.checkpoint import unsafe_pickle_detail
 
         raise UserError(f"the model {model_name_or_path!r} was refused: its weights file holds pickled objects or "
                         f"code, not only tensors ({unsafe_pickle_detail(exc)}); use a safetensors checkpoint or one "
@@ -81,7 +81,7 @@ def load_model_for_task(model_name_or_path: str, num_labels: int, problem_type: 
         raise UserError(f"cannot load the model {model_name_or_path!r}: {exc}") from None
     missing = sorted(info.get("missing_keys", []))
     if model_type in _classifier_classes():  # every encoder weight must load: only a new head may start fresh
-        from pretraining.layouts import check_loading
+        from pretraining.checkpoints.layouts import check_loading
 
         check_loading(missing, info.get("unexpected_keys", []), model_name_or_path)
     return model, missing

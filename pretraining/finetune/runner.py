@@ -24,12 +24,12 @@ from typing import Optional
 import torch
 from transformers import TrainingArguments
 
-from pretraining import glue
+from pretraining.finetune import glue
 from pretraining.atomic import atomic_file, write_json_atomic
 from pretraining.cli import ArgumentChecker
 from pretraining.errors import UserError
-from pretraining.export import export_pretrained
-from pretraining.modeling import BertPreTrainedModel
+from pretraining.checkpoints.export import export_pretrained
+from pretraining.model.modeling import BertPreTrainedModel
 from pretraining.outputs import check_output_folder
 
 logger = logging.getLogger("run_glue")
@@ -282,7 +282,7 @@ def build_trainer(model, tokenizer, data: glue.TaskData, model_args: GlueModelAr
     """A Trainer (a DistillationTrainer when ``teacher`` is given) for tokenised ``data``."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, default_data_collator
 
-    from pretraining.distillation import DistillationTrainer
+    from pretraining.finetune.distillation import DistillationTrainer
 
     if data_args.pad_to_max_length:
         collator = default_data_collator
@@ -396,7 +396,7 @@ def _with_selection(results: dict, selection: Optional[dict], training_args) -> 
 def pretrained_model(model_name_or_path: str) -> str:
     """The pretrained model a fine-tuning run starts from, at the root: a fine-tuned folder (MNLI's model predicting
     AX) names the one it came from in its all_results.json; else the model itself (resolved when a folder)."""
-    from pretraining.glue.submission import recorded_pretrained_model
+    from pretraining.finetune.glue.submission import recorded_pretrained_model
 
     path = Path(model_name_or_path).expanduser()
     return recorded_pretrained_model(path) or (str(path.resolve()) if path.exists() else str(model_name_or_path))

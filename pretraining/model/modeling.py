@@ -4,14 +4,14 @@ Parameter names are Hugging Face's, so with ``encoder_ln_mode="post-ln"`` this i
 ``transformers.BertForPreTraining`` / ``BertForSequenceClassification`` (same state
 dict, same outputs), with these speed-ups (each a config field; the numbers do not change):
 
-* attention through ``F.scaled_dot_product_attention`` (see :mod:`pretraining.layers`);
+* attention through ``F.scaled_dot_product_attention`` (see :mod:`pretraining.model.layers`);
 * ``sparse_mask_prediction``: with labels given, vocabulary logits are computed only at
   the positions where ``labels != -100`` (same loss, a fraction of the head's cost);
 * ``vocab_pad_multiple``: embedding and MLM projection are padded to a multiple of it
   (fast matmul shapes); the padding rows are never predicted and exports drop them;
 * ``unpad_inputs``: padding tokens are dropped before the embeddings and the encoder
   runs on the real tokens only, attention on variable-length sequences
-  (``unpadded_attention``: repad, nested or varlen; see :mod:`pretraining.layers`),
+  (``unpadded_attention``: repad, nested or varlen; see :mod:`pretraining.model.layers`),
   wherever no output has a value per padding position: the sparse MLM loss (the head
   gathers its positions from the unpadded tokens), NSP, sequence classification.
   ``BertModel``'s ``last_hidden_state`` and dense MLM logits come from the padded path,
@@ -20,8 +20,8 @@ dict, same outputs), with these speed-ups (each a config field; the numbers do n
 * ``torch_compile``: each encoder layer is compiled with ``torch.compile`` (regional
   compilation: one short compile reused by every layer; token counts are dynamic).
 
-Building blocks live in :mod:`pretraining.layers`. :func:`build_config` maps the
-command-line :class:`~pretraining.args.ModelArguments` to a :class:`BertConfig`;
+Building blocks live in :mod:`pretraining.model.layers`. :func:`build_config` maps the
+command-line :class:`~pretraining.train.args.ModelArguments` to a :class:`BertConfig`;
 :func:`export_pretrained` writes a folder that ``from_pretrained`` loads (transformers'
 classes too, for post-ln models).
 """
@@ -41,7 +41,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 
 from pretraining.errors import UserError
-from pretraining.layers import (
+from pretraining.model.layers import (
     LN_MODES,
     NORM_TYPES,
     UNPADDED_ATTENTION,
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 #: post-ln without the embedding LayerNorm) in this package's own names: transformers' BERT
 #: classes warn about it by name and ``AutoModel`` refuses it, instead of silently loading
 #: another network. (Exports of GELU/LayerNorm pre-ln models use stock layouts instead:
-#: :mod:`pretraining.layouts`.)
+#: :mod:`pretraining.checkpoints.layouts`.)
 PRE_LN_MODEL_TYPE = "bert_pre_ln"
 
 #: readers of checkpoint layouts other than this package's own, registered from above (the network knows no layout)
@@ -69,7 +69,7 @@ _LAYOUT_HOOKS: dict[str, list] = {"models": [], "configs": []}
 def register_layouts(load_model, read_config) -> None:
     """Let ``from_pretrained`` read other checkpoint layouts: ``load_model(cls, path, *args, **kwargs)`` returns the
     model or None (a layout transformers reads itself); ``read_config(config_dict)`` returns this package's config
-    dict or None. :mod:`pretraining.layouts` registers its own when imported (every script imports it)."""
+    dict or None. :mod:`pretraining.checkpoints.layouts` registers its own when imported (every script imports it)."""
     if load_model not in _LAYOUT_HOOKS["models"]:
         _LAYOUT_HOOKS["models"].append(load_model)
     if read_config not in _LAYOUT_HOOKS["configs"]:
@@ -81,7 +81,7 @@ VOCAB_KEY_SUFFIXES = ("word_embeddings.weight", "cls.predictions.bias", "cls.pre
 
 def config_problems(config, flag: str = "") -> list[str]:
     """What is wrong with a model configuration: a :class:`BertConfig` or run_pretraining.py's
-    :class:`~pretraining.args.ModelArguments` (same field names; ``flag="--"`` names them as flags).
+    :class:`~pretraining.train.args.ModelArguments` (same field names; ``flag="--"`` names them as flags).
 
     The one place these rules live: the config refuses itself with them, the flags are checked
     with them before anything is built, and the layers trust them.
@@ -167,7 +167,7 @@ class BertConfig(transformers.BertConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         """As transformers', and a config of another checkpoint layout read back as this class's by the reader the
-        layouts layer registered (:func:`register_layouts`; :mod:`pretraining.layouts`)."""
+        layouts layer registered (:func:`register_layouts`; :mod:`pretraining.checkpoints.layouts`)."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         for read in _LAYOUT_HOOKS["configs"]:
             translated = read(config_dict)
@@ -224,7 +224,7 @@ class BertPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """As transformers', and also from other checkpoint layouts (stock pre-LN, academic-budget-bert) through the
-        loader the layouts layer registered (:func:`register_layouts`; :mod:`pretraining.layouts`)."""
+        loader the layouts layer registered (:func:`register_layouts`; :mod:`pretraining.checkpoints.layouts`)."""
         for load in _LAYOUT_HOOKS["models"]:
             loaded = load(cls, pretrained_model_name_or_path, *args, **kwargs)
             if loaded is not None:
@@ -260,7 +260,7 @@ class BertModel(BertPreTrainedModel):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None, unpad: bool = False):
-        """Encoder states in the batch's token layout, and the layout (:func:`pretraining.layers.make_layout`).
+        """Encoder states in the batch's token layout, and the layout (:func:`pretraining.model.layers.make_layout`).
 
         ``[B, S, d]`` with the padded layout, ``[T, d]`` (real tokens only) with the unpadded
         one, used when ``unpad`` and ``config.unpad_inputs`` and the batch has padding.

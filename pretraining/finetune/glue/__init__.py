@@ -12,14 +12,14 @@ a checkpoint folder into a sequence classifier.
 
 from __future__ import annotations
 
-from pretraining.glue.models import (
+from pretraining.finetune.glue.models import (
     check_model_fits, checkpoint_model_type, checkpoint_tokenizer, load_model_for_task,
 )
-from pretraining.glue.readers import (
+from pretraining.finetune.glue.readers import (
     glue_dir_files, load_glue_dir, load_hub_task, load_local_files, load_rotten_tomatoes, read_table,
     rotten_tomatoes_splits, subset, tokenize_splits,
 )
-from pretraining.glue.tasks import (
+from pretraining.finetune.glue.tasks import (
     GLUE_HUB_DATASET, GLUE_TASKS, METRICS, SERVER_FILES, SERVER_ROWS, TASKS, TaskData, TaskSpec, compute_metrics,
     get_task, local_task, metrics_function, predictions_to_labels, write_predictions,
 )

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from pretraining.errors import UserError
-from pretraining.optimizers import switch_weights
+from pretraining.train.optimizers import switch_weights
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -469,7 +469,7 @@ def build_engine(model, optimizer, *, ds_args, dist_info: DistInfo, train_batch_
                  grad_accum: int, optimizer_type: str):
     """DeepSpeedEngine with ``--deepspeed``, else TorchEngine; both see the same flags."""
     if ds_args.deepspeed:
-        from pretraining.optimizers import deepspeed_problem
+        from pretraining.train.optimizers import deepspeed_problem
 
         config = deepspeed_config(ds_args, train_batch_size=train_batch_size, micro_batch=micro_batch,
                                   grad_accum=grad_accum)

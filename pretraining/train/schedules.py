@@ -20,7 +20,7 @@ Curves (``--curve``), for position ``x``, warmup length ``W`` and total ``T``:
   training time for the time schedule.
 
 * ``customized`` (the seed's, ``--curve_conf_file``): linear warmup, then one of the seed's
-  curves from its INI file (:mod:`pretraining.custom_curves`), in the seed's units (steps;
+  curves from its INI file (:mod:`pretraining.train.custom_curves`), in the seed's units (steps;
   hours for the time schedule).
 
 Fixes relative to academic-budget-bert: its exp curve counted ``decay_step`` in hours
@@ -83,7 +83,7 @@ CURVE_NAMES = (*CURVES, CUSTOMIZED)
 def customized_curve(conf_file: str, base_lr: float, unit: float) -> Curve:
     """``--curve customized``: linear warmup, then the seed's conf-file curve of ``(position - warmup) * unit``
     (the seed's units: steps, or hours for the time schedule), 0 from the total on."""
-    from pretraining.custom_curves import load_curve
+    from pretraining.train.custom_curves import load_curve
 
     curve = load_curve(conf_file)
     return Curve(warmup=lambda f: f, decay=lambda x, w, t, rate, step:
@@ -193,11 +193,11 @@ class LRScheduler:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args, total_steps: int | None = None) -> LRScheduler:
-    """The scheduler described by ``args`` (a :class:`~pretraining.args.SchedulerArguments`).
+    """The scheduler described by ``args`` (a :class:`~pretraining.train.args.SchedulerArguments`).
 
     ``total_steps`` (from ``--max_steps``) is required by ``--lr_schedule step`` only; the flags' rules
     (names, the step schedule's total and warmup) are checked by the argument groups
-    (:meth:`~pretraining.args.SchedulerArguments.validate`, :func:`pretraining.config.check_arguments`).
+    (:meth:`~pretraining.train.args.SchedulerArguments.validate`, :func:`pretraining.train.config.check_arguments`).
     """
     curve = None
     if args.curve == CUSTOMIZED:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from pretraining.runs import CONTROL, RunRecord
+from pretraining.report.runs import CONTROL, RunRecord
 
 
 def _run_label(record: RunRecord) -> str:

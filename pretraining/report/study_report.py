@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pretraining import runs
+from pretraining.report import runs
 from pretraining.atomic import write_text_atomic
 
 BASELINE = "adamw"
@@ -82,10 +82,10 @@ def optimizer_costs(run_dir: Path, repeats: int = 5) -> dict:
 
     import torch
 
-    import pretraining.layouts  # noqa: F401 - the export is in a stock layout
-    from pretraining.args import OptimizerArguments
-    from pretraining.modeling import BertForPreTraining
-    from pretraining.optimizers import build_optimizer
+    import pretraining.checkpoints.layouts  # noqa: F401 - the export is in a stock layout
+    from pretraining.train.args import OptimizerArguments
+    from pretraining.model.modeling import BertForPreTraining
+    from pretraining.train.optimizers import build_optimizer
 
     args = json.loads((run_dir / runs.ARGS_FILE).read_text())
     names = {f.name for f in dataclasses.fields(OptimizerArguments)}
@@ -190,7 +190,7 @@ def _finetune_score(record: runs.RunRecord, task: Optional[str]) -> tuple[Option
     if not task:
         return None, None
     results = record.finetune.get(task) or {}
-    from pretraining.glue import get_task
+    from pretraining.finetune.glue import get_task
 
     metric = f"eval_{get_task(task).main_metric}"
     value = results.get(metric)

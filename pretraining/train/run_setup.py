@@ -1,6 +1,6 @@
 """What a pretraining run is built from, checked before the first step: :func:`build_run` makes the process
 group, the data (tokenizer, masking, shards), the model (new or from a checkpoint, every encoder weight loaded),
-optimizer, schedule, engine and loader, in a stated order; the training loop is :mod:`pretraining.training`."""
+optimizer, schedule, engine and loader, in a stated order; the training loop is :mod:`pretraining.train.training`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pretraining.config import PretrainingConfig, check_arguments
+from pretraining.train.config import PretrainingConfig, check_arguments
 from pretraining.errors import UserError
 from pretraining.outputs import check_output_folder
 
@@ -31,7 +31,7 @@ class BuiltRun:
     """Everything :func:`build_run` made for one run, ready for its first step."""
 
     config: PretrainingConfig
-    dist: object  #: :class:`pretraining.engine.DistInfo`
+    dist: object  #: :class:`pretraining.train.engine.DistInfo`
     run_dir: Path
     resume_candidates: list[Path]  #: checkpoints to resume from, newest first (empty: a new run)
     manifest: dict | None
@@ -62,16 +62,16 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
     4. the model (seeded with ``--seed``), checked against the tokenizer and every shard's metadata;
     5. the unigram baseline of validation; 6. optimizer, LR schedule and engine;
     7. the loader (dropout seeded per rank from here on).
-    Resuming a checkpoint into these parts is the loop's first job (:class:`pretraining.training.Pretraining`).
+    Resuming a checkpoint into these parts is the loop's first job (:class:`pretraining.train.training.Pretraining`).
     """
-    from pretraining.checkpoint import resume_candidates
+    from pretraining.checkpoints.checkpoint import resume_candidates
     from pretraining.data.collator import PretrainingCollator
     from pretraining.data.loader import ShardLoader
     from pretraining.data.shards import list_shards, read_manifest, read_shard
-    from pretraining.engine import build_engine, setup_distributed
-    from pretraining.evaluation import unigram_log_probs
-    from pretraining.optimizers import build_optimizer
-    from pretraining.schedules import build_scheduler
+    from pretraining.train.engine import build_engine, setup_distributed
+    from pretraining.train.evaluation import unigram_log_probs
+    from pretraining.train.optimizers import build_optimizer
+    from pretraining.train.schedules import build_scheduler
 
     run, data = config.run, config.data
     dist = setup_distributed(config.backend.deepspeed, run.local_rank, timeout_s=run.ddp_timeout)
@@ -136,7 +136,7 @@ def build_run(config: PretrainingConfig) -> BuiltRun:
 def earlier_run(run_dir: Path) -> list[str]:
     """What an earlier run left in ``run_dir`` (its checkpoints first, then its logs and export); [] when none.
     (``run_dir`` passed :func:`pretraining.outputs.check_output_folder`: it is not a file.)"""
-    from pretraining.checkpoint import list_checkpoints
+    from pretraining.checkpoints.checkpoint import list_checkpoints
 
     checkpoints = [p.name for p in list_checkpoints(run_dir / "checkpoints")]
     found = [f"checkpoints {', '.join(checkpoints)}"] if checkpoints else []
@@ -184,11 +184,11 @@ def dataset_tokenizer(name: str | None, manifest: dict | None, dataset_path: str
 def build_model(model_args, vocab_size: int):
     """A new BERT from the architecture flags (``--vocab_size``, else ``vocab_size``: the tokenizer's), or the
     weights of ``--model_name_or_path`` (its own architecture)."""
-    from pretraining.modeling import BertForPreTraining, build_config
+    from pretraining.model.modeling import BertForPreTraining, build_config
 
     if not model_args.model_name_or_path:
         return BertForPreTraining(build_config(model_args, vocab_size=model_args.vocab_size or vocab_size))
-    from pretraining.layouts import check_loading  # also registers the other layouts' readers
+    from pretraining.checkpoints.layouts import check_loading  # also registers the other layouts' readers
 
     try:
         model, info = BertForPreTraining.from_pretrained(

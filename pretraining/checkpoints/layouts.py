@@ -6,7 +6,7 @@ A checkpoint folder is in one of these layouts (:func:`detect_layout`):
 * ``bert_pre_ln`` (native, older exports): this package's pre-LN names under its own model type.
 * ``roberta-prelayernorm``: pre-LN with an embedding LayerNorm, as transformers'
   ``RobertaPreLayerNorm*`` classes lay it out (final LayerNorm after the encoder, BERT-style
-  MLM head); what :func:`pretraining.export.export_pretrained` writes for such models, so
+  MLM head); what :func:`pretraining.checkpoints.export.export_pretrained` writes for such models, so
   ``AutoModelForMaskedLM``, ``AutoModelForSequenceClassification`` and ``pipeline("fill-mask")``
   load the export with no custom code.
 * ``xlm-roberta-xl``: pre-LN without the embedding LayerNorm (``XLMRobertaXL*``): the same,
@@ -21,9 +21,9 @@ head applies GELU, so only GELU models with LayerNorm use them; others stay ``be
 
 Renames are tables of (pattern, replacement) applied in order; loading checks that every
 encoder and embedding tensor found a place (:func:`check_loading`). The files an export writes in
-a layout are made by :mod:`pretraining.export`; ``python -m pretraining.convert`` converts folders.
+a layout are made by :mod:`pretraining.checkpoints.export`; ``python -m pretraining.convert`` converts folders.
 
-This module sits above the network (:mod:`pretraining.modeling` knows no layout): importing it registers
+This module sits above the network (:mod:`pretraining.model.modeling` knows no layout): importing it registers
 :func:`load_other_layout` and :func:`read_other_config` with the model classes, so their ``from_pretrained``
 reads every layout above. Every script of this package imports it before loading a checkpoint.
 """
@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from pretraining import modeling
+from pretraining.model import modeling
 from pretraining.errors import UserError
 
 NATIVE = ("bert", "bert_pre_ln")
@@ -318,7 +318,7 @@ def load_converted(cls, path, layout: str, *, config=None, output_loading_info: 
 
 def load_other_layout(cls, path, *args, **kwargs):
     """The model of a stock or academic-budget-bert folder (renamed on load), or None for a native one (transformers
-    loads those as they are). Registered with :class:`pretraining.modeling.BertPreTrainedModel`."""
+    loads those as they are). Registered with :class:`pretraining.model.modeling.BertPreTrainedModel`."""
     layout = detect_layout(path)
     if layout in CONVERTED:
         return load_converted(cls, path, layout, **kwargs)
@@ -327,7 +327,7 @@ def load_other_layout(cls, path, *args, **kwargs):
 
 def read_other_config(config_dict: dict) -> Optional[dict]:
     """A stock pre-LN or academic-budget-bert config.json read back as this package's, or None (native).
-    Registered with :class:`pretraining.modeling.BertConfig`."""
+    Registered with :class:`pretraining.model.modeling.BertConfig`."""
     layout = layout_of_config(config_dict)
     if layout is None:
         return None

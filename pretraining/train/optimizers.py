@@ -11,7 +11,7 @@ builder registered in :data:`OPTIMIZERS`:
   FusedLamb's 0.9/0.999/1e-8), ``--bias_correction``, ``--max_coeff``, ``--min_coeff``;
   ``use_fused=True`` on a GPU uses DeepSpeed's FusedLamb kernel itself.
 * ``customized``: the seed's ``--optimizer_conf_file`` (sgd with momentum/nesterov, adam,
-  adamw, or the do-nothing ``dummy``; :mod:`pretraining.custom_curves`).
+  adamw, or the do-nothing ``dummy``; :mod:`pretraining.train.custom_curves`).
 * ``adafactor``: ``transformers.optimization.Adafactor`` with the external learning
   rate (``relative_step=False, scale_parameter=False``) and no first moment, as
   academic-budget-bert (which ignores the Adam betas for it); ``--adafactor_beta1``
@@ -362,7 +362,7 @@ class DummyOptimizer(torch.optim.Optimizer):
 
 def _customized(groups, args, use_fused):
     """``--optimizer_type customized``: the seed's ``--optimizer_conf_file`` (sgd, adam, adamw, dummy)."""
-    from pretraining.custom_curves import optimizer_spec
+    from pretraining.train.custom_curves import optimizer_spec
 
     name, extra = optimizer_spec(args.optimizer_conf_file)
     if name == "sgd":
@@ -381,7 +381,7 @@ OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw, "lamb": _lamb
 def build_optimizer(model: nn.Module, args, use_fused: bool | None = None) -> torch.optim.Optimizer:
     """The ``args.optimizer_type`` optimizer over ``model``'s trainable parameters.
 
-    ``args`` is an :class:`~pretraining.args.OptimizerArguments` (its ``validate`` checked the name and the
+    ``args`` is an :class:`~pretraining.train.args.OptimizerArguments` (its ``validate`` checked the name and the
     coefficients; :func:`fused_lamb_problem` the fused kernel).
     """
     name = str(args.optimizer_type).lower()

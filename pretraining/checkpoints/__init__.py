@@ -1,0 +1,1 @@
+"""Checkpoint layouts and their renames (layouts.py), exports (export.py), the convert command (convert.py) and training checkpoints (checkpoint.py). May import pretraining.model and the root helpers; never train/, finetune/ or report/."""

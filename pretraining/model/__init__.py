@@ -1,0 +1,1 @@
+"""The network: BERT (modeling.py) and its layers (layers.py). Imports nothing of the packages above it (no checkpoint layout, no training code); pretraining.checkpoints registers its layout readers here."""

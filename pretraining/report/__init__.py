@@ -1,0 +1,1 @@
+"""Reading runs back and showing them: run folders (runs.py), the results table (table.py; `python -m pretraining.report`), plots, and the drivers that run the scripts: the optimizer study (study.py, study_report.py), the demo (demo.py) and its stage runner. May import every package below."""

@@ -1,0 +1,1 @@
+"""Pretraining: flag groups (args.py, run_args.py, config.py), set-up (run_setup.py), the loop (training.py, progress.py), engines (engine.py), optimizers, schedules, evaluation and metrics. May import model/, checkpoints/, data/ and the root helpers; never finetune/ or report/."""
