@@ -63,7 +63,7 @@ for part in numerics deepspeed; do  # pytest -qq --collect-only: one "tests/FILE
 done
 # and the CPU cases of the same test files run there: this code works with the image's transformers (5.17)
 PYTHONPATH=$WORK/site:out/gpu_carry/pkgdata HF_HUB_OFFLINE=1 "$V" -m pytest -p no:cacheprovider -q \
-    tests/test_fast_path.py tests/test_optimizers.py tests/test_pretraining_deepspeed.py tests/test_loss_scaling.py \
+    tests/model/test_fast_path.py tests/train/test_optimizers.py tests/train/test_pretraining_deepspeed.py tests/train/test_loss_scaling.py \
     > "$WORK/cpu_tests.log" 2>&1 || { echo "error: the CPU tests fail in the image's environment:"; tail -30 "$WORK/cpu_tests.log"; exit 1; }
 echo "CPU cases of the check's test files pass with the image's packages + the carried wheels"
 echo "carry check passed (work folder $WORK)"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole GPU check (issues #4, #7, #21), one script within 8 minutes on one H100/H200:
-#   numerics   the fast path's CUDA numerics (tests/test_fast_path.py, CUDA cases)
+#   numerics   the fast path's CUDA numerics (tests/model/test_fast_path.py, CUDA cases)
 #   speed      benchmarks/bench_pretrain.py: BERT-base bf16 against transformers' BertForPreTraining (the headline)
 #   deepspeed  fp16 with DeepSpeed's dynamic loss scaling (fused AdamW, FusedLamb), FusedLamb == our Lamb, and the
-#              fp16 loss-scaling tests of both engines (tests/test_pretraining_deepspeed.py, test_optimizers.py,
-#              test_loss_scaling.py, test_faults.py); on a GPU a deepspeed that fails to import FAILS the part
+#              fp16 loss-scaling tests of both engines (tests/train/test_pretraining_deepspeed.py, tests/train/test_optimizers.py,
+#              tests/train/test_loss_scaling.py, tests/train/test_faults.py); on a GPU a deepspeed that fails to import FAILS the part
 #   optim      benchmarks/bench_optim.py: the optimizer step alone, fused vs foreach AdamW, LAMB, FusedLamb
 #              (exits 1 when an implementation asked for could not run: nothing is dropped silently)
 #   more       BERT-base fp16, BERT-large bf16/fp16, and torch.compile last (an overrun costs only itself)
@@ -174,14 +174,14 @@ bench() {  # name, limit seconds (on the GPU), bench_pretrain.py arguments...
     run_part "bench $name" "$RESULTS/$name.log" "$secs" "$PYTHON" benchmarks/bench_pretrain.py --device "$DEVICE" \
         "${DATA[@]}" --json "$RESULTS/$name.json" $DRY "$@"
 }
-NUMERICS=(tests/test_fast_path.py -k "$([ "$DEVICE" = cuda ] && echo cuda || echo "bf16 and cpu")")
-DEEPSPEED=(tests/test_optimizers.py tests/test_pretraining_deepspeed.py tests/test_loss_scaling.py tests/test_faults.py
+NUMERICS=(tests/model/test_fast_path.py -k "$([ "$DEVICE" = cuda ] && echo cuda || echo "bf16 and cpu")")
+DEEPSPEED=(tests/train/test_optimizers.py tests/train/test_pretraining_deepspeed.py tests/train/test_loss_scaling.py tests/train/test_faults.py
            -k "$([ "$DEVICE" = cuda ] && echo "cuda or fp16 or scale" || echo "fused or refused")")
 if [ -n "$COLLECT" ]; then  # the carry proof: the imports, and every test the check selects on a GPU collected
     DEVICE=cuda
-    tests numerics 120 tests/test_fast_path.py -k cuda
-    tests deepspeed 180 tests/test_optimizers.py tests/test_pretraining_deepspeed.py tests/test_loss_scaling.py \
-        tests/test_faults.py -k "cuda or fp16 or scale"
+    tests numerics 120 tests/model/test_fast_path.py -k cuda
+    tests deepspeed 180 tests/train/test_optimizers.py tests/train/test_pretraining_deepspeed.py tests/train/test_loss_scaling.py \
+        tests/train/test_faults.py -k "cuda or fp16 or scale"
     "$PYTHON" -c "import deepspeed, pytorch_optimizer, transformers, h5py; print('imports ok')"
     exit 0
 fi

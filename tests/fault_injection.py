@@ -1,4 +1,4 @@
-"""Run a script with one fault armed, for the reliability tests (tests/test_faults.py).
+"""Run a script with one fault armed, for the reliability tests (tests/train/test_faults.py).
 
     python -m tests.fault_injection '{"target": "os:replace", "match": "latest", "action": "kill"}' \\
         run_pretraining.py --dataset_path ... --output_dir ...

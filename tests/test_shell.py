@@ -110,7 +110,7 @@ def test_two_nodes_on_one_machine_through_the_wrapper_end_identical(tiny_shards,
 
     from pretraining.train.engine import free_port
 
-    worker = ROOT / "tests" / "test_pretraining_distributed.py"  # run_pretraining.py + each rank's digest
+    worker = ROOT / "tests" / "train" / "test_pretraining_distributed.py"  # run_pretraining.py + each rank's digest
     tiny = [f for f in tiny_model_flags if f not in ("--lr", "2e-3", "--lr_schedule", "constant_step")]
     port, nodes = str(free_port()), []
     for rank in ("0", "1"):

@@ -119,7 +119,7 @@ def test_step_without_arguments_counts_steps():
 
 def test_bad_schedules_name_the_fix():
     """The names are the flags' rules (SchedulerArguments.validate, also for JSON argument files that argparse's
-    choices never see); the step schedule's total and warmup are check_arguments' (tests/test_pretraining.py)."""
+    choices never see); the step schedule's total and warmup are check_arguments' (tests/train/test_pretraining.py)."""
     check = ArgumentChecker()
     sched(lr_schedule="cosine", curve="wavy").validate(check)
     assert check.errors == ["--lr_schedule 'cosine' is not one of: time, step, constant_step",

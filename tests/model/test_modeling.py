@@ -273,7 +273,7 @@ def test_post_ln_export_loads_in_transformers(tmp_path, bert_tokenizer):
 def test_pre_ln_save_pretrained_reloads_here_and_is_refused_by_transformers_bert(tmp_path):
     """Checkpoints keep this package's names (model type bert_pre_ln): only its classes load them, and
     transformers' refuse them by name instead of running a post-ln network with pre-ln weights
-    (the exports for transformers are tests/test_layouts.py's)."""
+    (the exports for transformers are tests/checkpoints/test_layouts.py's)."""
     torch.manual_seed(6)
     model = BertForPreTraining(tiny(encoder_ln_mode="pre-ln", vocab_pad_multiple=8)).eval()
     out = tmp_path / "pre"

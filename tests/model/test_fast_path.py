@@ -253,7 +253,7 @@ def test_compiled_unpadded_layers_trace_whole_and_match_eager():
 
 
 def test_benchmark_flop_count_matches_the_formula():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from bench_pretrain import CONFIGS, synthetic_rows, useful_flops
 
     cfg = CONFIGS["tiny"]

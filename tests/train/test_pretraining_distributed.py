@@ -21,7 +21,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # processes launched and killed: `make test-fast` skips these
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARD_SIZES = (40, 72, 100)
 TIMEOUT_S = 300
 

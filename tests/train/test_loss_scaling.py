@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pretraining.train.training import PretrainingConfig, pretrain
-from tests.test_faults import inject
+from tests.train.test_faults import inject
 
 ENGINES = {"torch": [], "deepspeed-zero0": ["--deepspeed"], "deepspeed-zero1": ["--deepspeed", "--zero_stage", "1"]}
 

@@ -18,7 +18,7 @@ import run_glue
 from pretraining.finetune import glue
 from pretraining.resources import pang_lee_polarity
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Small and quick: a few dozen steps of a 2-layer model.
 TINY = ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--num_train_epochs", "1",
         "--learning_rate", "1e-3", "--max_seq_length", "32", "--save_strategy", "no", "--disable_tqdm", "true",

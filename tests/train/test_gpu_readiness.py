@@ -2,8 +2,8 @@
 
 Each test names its row of the review: the accelerator choice (1), ZeRO with per-tensor optimizers (5), a JSON
 argument file under the deepspeed launcher (6), the RNG state of one's own GPU (8), the GPU count a node has (9),
-bf16 gradient accumulation on DeepSpeed (10). fp16 on both engines (7) is tests/test_loss_scaling.py and the fp16
-test of tests/test_faults.py; the launch wrappers (4, 9) are tests/test_shell.py.
+bf16 gradient accumulation on DeepSpeed (10). fp16 on both engines (7) is tests/train/test_loss_scaling.py and the fp16
+test of tests/train/test_faults.py; the launch wrappers (4, 9) are tests/test_shell.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from pretraining.errors import UserError
 from pretraining.train.training import PretrainingConfig, pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- 1: DeepSpeed's accelerator follows the hardware ---------------------------------------------------------

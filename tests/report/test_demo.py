@@ -19,7 +19,7 @@ from pretraining.errors import UserError
 
 pytestmark = pytest.mark.slow  # processes launched and killed: `make test-fast` skips these
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A stand-in script: appends its argv to calls.txt, writes OUT/done unless --fail or --partial.
 FAKE_SCRIPT = textwrap.dedent("""

@@ -364,7 +364,7 @@ def test_fp16_overflows_are_skipped_counted_and_stop_after_scale_cnt_limit(engin
     off to DeepSpeed's minimum of 1 (where ZeRO 1's loss scaler used to raise a bare Exception), and the run stops
     at --scale_cnt_limit with one error naming the step and the last good checkpoint."""
     from pretraining.train.training import PretrainingConfig, pretrain
-    from tests.test_loss_scaling import ENGINES
+    from tests.train.test_loss_scaling import ENGINES
 
     inject(monkeypatch, from_call=7, into="grad", value=float("inf"))  # step 4 on (2 micro-batches a step)
     result = pretrain(PretrainingConfig.parse(pretrain_flags(

@@ -23,7 +23,7 @@ from pretraining.report import study as study_module
 from pretraining.errors import UserError
 from tests.conftest import TINY_PRETRAIN_FLAGS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: the tiny model; the study owns --lr and the schedule's budget
 MODEL = [f for f in TINY_PRETRAIN_FLAGS]
 for _flag in ("--lr",):

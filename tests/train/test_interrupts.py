@@ -17,12 +17,12 @@ import pytest
 from pretraining.errors import UserError
 from pretraining.train.training import PretrainingConfig, pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_nonfinite_stop_exits_1_and_reports_failed(pretrain_flags, single_thread, monkeypatch, capsys, tmp_path):
     from run_pretraining import main
-    from tests.test_faults import inject
+    from tests.train.test_faults import inject
 
     inject(monkeypatch, from_call=3, into="loss", value=float("nan"))
     with pytest.raises(SystemExit) as stopped:

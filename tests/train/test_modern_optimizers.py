@@ -1,6 +1,6 @@
 """The modern optimizers (lion, stableadamw, sfadamw, muon) in real pretraining runs on both engines.
 
-Their update rules are checked against references in test_optimizers.py; here: they learn on the torch engine and
+Their update rules are checked against references in tests/train/test_optimizers.py; here: they learn on the torch engine and
 on DeepSpeed (CPU accelerator), resume exactly, the schedule-free one exports its averaged weights, and the
 configurations that cannot work are refused before anything starts.
 """

@@ -1,0 +1,1 @@
+"""Tests of pretraining/checkpoints/: layouts, exports, checkpoints."""

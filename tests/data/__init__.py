@@ -1,0 +1,1 @@
+"""Tests of pretraining/data/: corpus to shards to batches."""

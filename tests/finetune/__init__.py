@@ -1,0 +1,1 @@
+"""Tests of pretraining/finetune/: run_glue, GLUE, distillation."""

@@ -1,0 +1,1 @@
+"""Tests of pretraining/report/: run folders, the table, the study, the demo."""

@@ -1,0 +1,1 @@
+"""Tests of pretraining/train/: pretraining: flags, loop, engines, optimizers, schedules, faults."""
