@@ -213,13 +213,7 @@ def build_stages(args: DemoArguments, precision: str) -> tuple[list[Stage], list
         "--print_steps", str(args.print_steps), "--validation_epochs", "1", "--validation_micro_batch", "64",
         "--num_epochs_between_checkpoints", "10", "--keep_checkpoints", "1", "--project_name", "budget-bert-demo",
         *(["--no_wandb"] if args.no_wandb else [])]
-    finetune_flags = ["--max_seq_length", str(args.finetune_max_seq_length), "--per_device_train_batch_size",
-                      str(args.finetune_batch_size), "--per_device_eval_batch_size", "128", "--num_train_epochs",
-                      str(args.finetune_epochs), "--weight_decay", "0.01", "--warmup_ratio", "0.1", "--logging_steps",
-                      "20"]
-    for flag in ("max_train_samples", "max_eval_samples"):
-        if getattr(args, flag):
-            finetune_flags += [f"--{flag}", str(getattr(args, flag))]
+    finetune_flags = _finetune_recipe(args, args.finetune_epochs)
     study_argv = ["-m", "pretraining.report.study", "--output_dir", str(study_dir), "--dataset_path", str(data),
                   "--optimizers", *args.optimizers, "--precisions", precision, "--grid_points", str(args.grid_points),
                   *(["--lr_grid", *[f"{o}={DEMO_GRIDS[o]}" for o in args.optimizers if o in DEMO_GRIDS]]
@@ -249,19 +243,24 @@ def _study_failed(study_dir: Path) -> bool:
     return "## Failed runs" in (study_dir / "study.md").read_text(errors="replace")
 
 
+def _finetune_recipe(args: DemoArguments, epochs: float) -> list[str]:
+    """run_glue.py's fine-tuning flags shared by the study's models and the reference row."""
+    flags = ["--max_seq_length", str(args.finetune_max_seq_length), "--per_device_train_batch_size",
+             str(args.finetune_batch_size), "--per_device_eval_batch_size", "128", "--num_train_epochs", str(epochs),
+             "--weight_decay", "0.01", "--warmup_ratio", "0.1", "--logging_steps", "20"]
+    for flag in ("max_train_samples", "max_eval_samples"):
+        if getattr(args, flag):
+            flags += [f"--{flag}", str(getattr(args, flag))]
+    return flags
+
+
 def _finetune_stage(args: DemoArguments, precision: str, name: str, model: Path, run_dir: Path,
                     depends: list[Stage], lr: float, epochs: float, seeds: Sequence[int]) -> Stage:
     output = run_dir / runs.FINETUNE_DIR / args.task_name
     argv = ["--model_name_or_path", str(model), "--task_name", args.task_name, "--output_dir", str(output),
-            "--do_train", "--do_eval", "--max_seq_length", str(args.finetune_max_seq_length),
-            "--per_device_train_batch_size", str(args.finetune_batch_size), "--per_device_eval_batch_size", "128",
-            "--learning_rate", str(lr), "--num_train_epochs", str(epochs),
-            "--weight_decay", "0.01", "--warmup_ratio", "0.1", "--seeds", *map(str, seeds), "--save_strategy", "no",
-            "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "20", "--overwrite_output_dir",
-            *PRECISION_FLAGS[precision]]
-    for flag in ("max_train_samples", "max_eval_samples"):
-        if getattr(args, flag):
-            argv += [f"--{flag}", str(getattr(args, flag))]
+            "--do_train", "--do_eval", *_finetune_recipe(args, epochs), "--learning_rate", str(lr),
+            "--seeds", *map(str, seeds), "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+            "--overwrite_output_dir", *PRECISION_FLAGS[precision]]
     return Stage(name, "run_glue.py", argv, output, depends=depends,
                  is_complete=lambda: (output / runs.RESULTS_FILE).is_file())
 

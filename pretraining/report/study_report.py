@@ -122,10 +122,14 @@ def _cached_costs(out: Path, run_dir: Path) -> dict:
     return cache[run_dir.name]
 
 
-def build_rows(study, chosen: dict, seeds: dict, controls: dict) -> list[dict]:
+def load_records(study, seeds: dict) -> dict:
+    """The finished seed runs of each (optimizer, precision), read once for the table and the plot."""
+    return {key: [runs.load_run(study.run_dir(s.spec)) for s in states if s.status == "done"]
+            for key, states in seeds.items()}
+
+
+def build_rows(study, chosen: dict, records: dict, controls: dict) -> list[dict]:
     a = study.args
-    records = {key: [runs.load_run(study.run_dir(s.spec)) for s in states if s.status == "done"]
-               for key, states in seeds.items()}
     finals = {key: [_final_eval(r).get("eval_loss") for r in recs] for key, recs in records.items()}
     means = [m for m in (_mean_std(v)[0] for v in finals.values()) if m is not None]
     target = a.target_loss if a.target_loss is not None else (max(means) if means else None)
@@ -288,7 +292,7 @@ def render_csv(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
-def plot(study, rows: Sequence[dict], seeds: dict, path: Path) -> None:
+def plot(rows: Sequence[dict], records: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,9 +315,8 @@ def plot(study, rows: Sequence[dict], seeds: dict, path: Path) -> None:
     left.set_ylabel("final held-out MLM loss (first seed)")
     left.set_title("LR sensitivity")
     left.legend(fontsize=8)
-    for (optimizer, precision), states in seeds.items():
-        curves = [runs.load_run(study.run_dir(s.spec)).evals for s in states if s.status == "done"]
-        curves = [[e for e in c if "eval_loss" in e] for c in curves]
+    for (optimizer, precision), recs in records.items():
+        curves = [[e for e in r.evals if "eval_loss" in e] for r in recs]
         n = min((len(c) for c in curves), default=0)
         if not n:
             continue
@@ -332,9 +335,10 @@ def plot(study, rows: Sequence[dict], seeds: dict, path: Path) -> None:
 
 
 def write_report(study, chosen: dict, seeds: dict, controls: dict) -> tuple[list[dict], str]:
-    rows = build_rows(study, chosen, seeds, controls)
+    records = load_records(study, seeds)
+    rows = build_rows(study, chosen, records, controls)
     table = render(rows, study)
     write_text_atomic(study.out / "study.md", table)
     write_text_atomic(study.out / "study.csv", render_csv(rows))
-    plot(study, rows, seeds, study.out / "study.png")
+    plot(rows, records, study.out / "study.png")
     return rows, table
