@@ -31,6 +31,27 @@ os.environ.setdefault("DS_ACCELERATOR", deepspeed_accelerator(torch.cuda.is_avai
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
 
 
+# The fast tier (`make test-fast`, under 90 s on 2 cores) holds only quick tests: a test without the slow
+# mark whose call takes over FAST_TIER_LIMIT_S is named at the end of the run, so it gets marked (a report,
+# never a failure: speed targets live in benchmarks/).
+FAST_TIER_LIMIT_S = 5.0
+_slow_unmarked: list[tuple[float, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.duration > FAST_TIER_LIMIT_S and "slow" not in report.keywords:
+        _slow_unmarked.append((report.duration, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _slow_unmarked:
+        terminalreporter.section("fast tier")
+        terminalreporter.write_line(f"{len(_slow_unmarked)} test(s) without @pytest.mark.slow took over "
+                                    f"{FAST_TIER_LIMIT_S} s; mark them slow or make them cheaper:")
+        for duration, nodeid in sorted(_slow_unmarked, reverse=True):
+            terminalreporter.write_line(f"  {duration:6.1f} s  {nodeid}")
+
+
 _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "CROSS_RANK", "CROSS_SIZE")
 _DIST_ENV_AT_START = {key: os.environ.get(key) for key in _DIST_ENV}

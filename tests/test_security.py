@@ -43,6 +43,7 @@ def fails_with(main, argv, capsys, message: str) -> None:
     assert "Traceback" not in err and re.search(message, err, re.S), err[-3000:]
 
 
+@pytest.mark.slow
 def test_pretraining_writes_no_secret_and_nothing_outside_its_folder(pretrain_flags, tmp_path, monkeypatch, capsys):
     from run_pretraining import main
 
@@ -74,6 +75,7 @@ def test_a_run_cannot_be_written_outside_output_dir(job_name, pretrain_flags, tm
     assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()
 
 
+@pytest.mark.slow
 def test_run_glue_writes_no_secret_and_keeps_the_hub_token_out_of_its_outputs(tiny_exports, tmp_path, monkeypatch,
                                                                              capsys):
     from run_glue import main
@@ -140,6 +142,7 @@ def hostile_models(tmp_path, bert_tokenizer):
     return {"pickled": pickled, "remote": remote, "marker": marker}
 
 
+@pytest.mark.slow
 def test_run_glue_never_runs_code_shipped_with_a_model(hostile_models, tmp_path, capsys):
     from run_glue import main
 

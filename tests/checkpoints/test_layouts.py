@@ -68,6 +68,7 @@ def test_exports_load_in_stock_transformers_with_equal_logits(mode, embedding_no
     assert "L2-H64" in card and "adamw" in card and "AutoModelForMaskedLM" in card
 
 
+@pytest.mark.slow
 def test_fine_tuned_pre_ln_output_loads_in_stock_transformers(bert_tokenizer, tmp_path):
     from run_glue import main
 

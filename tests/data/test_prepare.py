@@ -226,6 +226,7 @@ def test_killed_runs_resume_to_identical_files(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([*reference, "manifest.json", "token_counts.json"])
 
 
+@pytest.mark.slow
 def test_parts_prepared_apart_and_merged_are_the_one_run(tiny_shards, tmp_path, capsys):
     """Three --part runs (as on three machines) and --merge give the bytes and manifest of one whole run."""
     parts = [tmp_path / f"part{k}" for k in range(3)]

@@ -116,6 +116,7 @@ def _agreement_and_kl(model, teacher, batch):
     return float((s.argmax(-1) == t.argmax(-1)).float().mean()), float((t * (t.log() - s)).sum(-1).mean())
 
 
+@pytest.mark.slow
 def test_distilled_student_learns_the_teacher(kd, tiny_exports, bert_tokenizer, tmp_path):
     from transformers import DataCollatorWithPadding, TrainingArguments
 

@@ -53,6 +53,7 @@ def test_minilm_beats_majority_on_rotten_tomatoes(minilm_dir, tmp_path):
     assert json.loads((tmp_path / "eval_results.json").read_text())["eval_accuracy"] == results["eval_accuracy"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pre-ln", "post-ln"])
 def test_tiny_export_finetunes_end_to_end(tiny_exports, tmp_path, mode):
     test_file = tmp_path / "test.csv"
@@ -79,6 +80,7 @@ def _mrpc_tsv(path: Path, pairs, header="Quality\t#1 ID\t#2 ID\t#1 String\t#2 St
     path.write_text("\n".join(rows) + "\n")
 
 
+@pytest.mark.slow
 def test_sentence_pairs_from_mrpc_shaped_tsv(tiny_exports, bert_tokenizer, tmp_path):
     sentences = [s for s, _ in _polarity_sentences()]
     rng = np.random.default_rng(0)
@@ -104,6 +106,7 @@ def test_sentence_pairs_from_mrpc_shaped_tsv(tiny_exports, bert_tokenizer, tmp_p
     assert len(lines) == 11 and {line.split("\t")[1] for line in lines[1:]} <= {"0", "1"}
 
 
+@pytest.mark.slow
 def test_regression_local_task(tiny_exports, tmp_path):
     rows = [(s, float(len(s.split()) % 5) + 0.5) for s, _ in _polarity_sentences()[:80]]
     frame = pd.DataFrame({"sentence1": [s for s, _ in rows], "sentence2": [s[::-1] for s, _ in rows],
@@ -117,6 +120,7 @@ def test_regression_local_task(tiny_exports, tmp_path):
     assert -1.0 <= results["eval_pearson"] <= 1.0 and results["eval_mse"] >= 0.0
 
 
+@pytest.mark.slow
 def test_distillation_through_the_cli(tiny_exports, tmp_path):
     common = ["--task_name", "rotten_tomatoes", "--do_train", "--do_eval", "--max_train_samples", 64,
               "--max_eval_samples", 32, *TINY]
@@ -127,6 +131,7 @@ def test_distillation_through_the_cli(tiny_exports, tmp_path):
     assert math.isfinite(results["train_loss"]) and "eval_accuracy" in results
 
 
+@pytest.mark.slow
 def test_clear_errors(tiny_exports, minilm_dir, tmp_path, capsys):
     from pretraining.model.modeling import BertConfig, BertForSequenceClassification
 
@@ -168,6 +173,7 @@ def test_finetune_sh_runs_and_prints_a_table(tiny_exports, tmp_path):
     assert args["train_samples"] == 32
 
 
+@pytest.mark.slow
 def test_seeds_run_once_each_and_summarise(tiny_exports, tmp_path):
     out = tmp_path / "seeds"
     results = _run("--model_name_or_path", tiny_exports["pre-ln"], "--task_name", "rotten_tomatoes", "--output_dir", out,
@@ -212,6 +218,7 @@ def _rte_dir(glue_dir: Path) -> None:
                                   "".join(f"{i}\t{a}\t{b}\n" for i, (a, b, _) in enumerate(rows[:6])))
 
 
+@pytest.mark.slow
 def test_finetune_sh_runs_a_glue_dir_and_marks_a_failed_task(tiny_exports, tmp_path):
     """Two tasks from GLUE_DIR: rte is there, mrpc is not. The table shows rte's numbers and marks mrpc FAILED,
     never the numbers an earlier mrpc run left in its folder; the call exits 1."""
@@ -232,6 +239,7 @@ def test_finetune_sh_runs_a_glue_dir_and_marks_a_failed_task(tiny_exports, tmp_p
     assert len(predictions) == 7 and {p.split("\t")[1] for p in predictions[1:]} <= {"entailment", "not_entailment"}
 
 
+@pytest.mark.slow
 def test_a_later_run_into_the_same_folder_keeps_the_earlier_results(tiny_exports, tmp_path, capsys):
     """Train + eval, then predict only from the fine-tuned model into the same folder: all_results.json keeps the
     train and eval figures (it was rewritten as {"task_name": ...}); a second predict run is refused, not replacing
@@ -278,6 +286,7 @@ def _mnli_file(path: Path, rows: int, first_index: int, kind: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 def test_mnli_from_a_glue_dir_evaluates_and_predicts_matched_and_mismatched(tiny_exports, tmp_path):
     mnli = tmp_path / "glue_data" / "MNLI"
     mnli.mkdir(parents=True)
@@ -319,6 +328,7 @@ def test_a_glue_dir_without_the_tasks_folder_is_one_clear_error(tiny_exports, tm
     assert "has no RTE/ folder for rte: give the glue_data/ folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_learning_rate_chosen_on_a_dev_split_carved_from_the_training_examples(tiny_exports, tmp_path):
     """--learning_rate_grid: one run per value on 80% of the training examples, scored on the other 20% (never on
     the validation split), then the seeds with the winner on all training examples."""

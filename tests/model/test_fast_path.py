@@ -220,6 +220,7 @@ def test_varlen_kernel_rules_are_user_errors():
             model(**padded_batch())
 
 
+@pytest.mark.slow
 def test_build_config_passes_the_fast_path_flags_and_export_drops_compile(tmp_path):
     args = ModelArguments(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
                           unpad_inputs=True, unpadded_attention="nested", fused_qkv=True, torch_compile=True)
@@ -236,6 +237,7 @@ def test_build_config_passes_the_fast_path_flags_and_export_drops_compile(tmp_pa
     assert not reloaded.torch_compile and reloaded.unpad_inputs and reloaded.fused_qkv
 
 
+@pytest.mark.slow
 def test_compiled_unpadded_layers_trace_whole_and_match_eager():
     """Each layer traces as one graph (no breaks) for changing token counts, with eager's numbers.
 

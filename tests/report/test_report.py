@@ -73,6 +73,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 def test_table_values_equal_inputs(runs, tmp_path):
     root, reference = runs
     out, csv_path, png = tmp_path / "r" / "results.md", tmp_path / "r" / "results.csv", tmp_path / "r" / "results.png"
@@ -118,6 +119,7 @@ def test_table_values_equal_inputs(runs, tmp_path):
     assert png.stat().st_size > 30_000  # four panels with lines and bars, not an empty canvas
 
 
+@pytest.mark.slow
 def test_png_has_drawn_content(runs, tmp_path):
     """The plot is not blank: many distinct colours appear (lines of different runs, bars)."""
     import matplotlib.image as mpimg

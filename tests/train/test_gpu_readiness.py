@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # --- 1: DeepSpeed's accelerator follows the hardware ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_tests_pick_deepspeeds_cuda_accelerator_on_a_gpu_machine(tmp_path):
     """conftest must not force DeepSpeed's CPU accelerator where torch sees a GPU (FusedLamb, fp16 and the model's
     placement would break): a process whose torch reports CUDA gets DS_ACCELERATOR=cuda, one without gets cpu."""
@@ -147,6 +148,7 @@ def test_more_ranks_than_visible_gpus_is_a_clear_error():
 # --- 10: bf16 gradient accumulation on DeepSpeed ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bf16_on_deepspeed_accumulates_in_fp32_at_zero1_and_says_where_it_cannot(pretrain_flags, single_thread,
                                                                                   deepspeed_ready, capsys):
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer

@@ -35,6 +35,7 @@ def test_a_nonfinite_stop_exits_1_and_reports_failed(pretrain_flags, single_thre
     assert _status(load_run(tmp_path / "runs" / "tiny"), has_finetune=True) == "failed (nonfinite_loss)"
 
 
+@pytest.mark.slow
 def test_a_rerun_never_overwrites_an_earlier_run_unless_asked(pretrain_flags, single_thread):
     first = pretrain(PretrainingConfig.parse(pretrain_flags("--max_steps", "2", "--no_finetune_checkpoint_at_end",
                                                             "--num_epochs_between_checkpoints", "0")))
@@ -113,6 +114,7 @@ def test_prepare_interrupted_says_its_shards_are_atomic(tmp_path):
     assert "interrupted (SIGINT): every shard with its final name is complete" in out and "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_a_resume_with_other_settings_records_them_with_the_step(pretrain_flags, single_thread, capsys):
     first = pretrain(PretrainingConfig.parse(pretrain_flags("--max_steps", "2", "--lr", "2e-3", "--seed", "42")))
     capsys.readouterr()

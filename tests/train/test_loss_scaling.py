@@ -29,6 +29,7 @@ def scale_trace(run_dir) -> list[tuple[float, int, float]]:
     return [(r["loss"], r["skipped_steps"], r["loss_scale"]) for r in records(run_dir)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_scale_halves_on_overflow_grows_after_the_window_and_resumes_exactly(engine, fp16_on_cpu, pretrain_flags,
                                                                              single_thread):

@@ -29,6 +29,7 @@ def train_losses(run_dir):
     return [r["loss"] for r in lines if r["type"] == "train"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
 @pytest.mark.parametrize("optimizer", sorted(LEARNING_RATES))
 def test_each_modern_optimizer_learns_and_exports(pretrain_flags, optimizer, engine, request):
@@ -49,6 +50,7 @@ def test_each_modern_optimizer_learns_and_exports(pretrain_flags, optimizer, eng
         torch.testing.assert_close(exported, trained, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sfadamw", "muon", "lion"])
 def test_a_resumed_run_continues_exactly(pretrain_flags, optimizer):
     common = ("--optimizer_type", optimizer, "--lr", LEARNING_RATES[optimizer], "--do_validation")

@@ -79,6 +79,7 @@ def test_outputs_follow_the_contract_and_export_loads_in_transformers(pretrain_f
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run_exactly(pretrain_flags, tmp_path):
     # steps 1-6 in one run, then 7-14 after a resume (crossing an epoch end at step 9, with dropout and
     # prefetch on) must give the losses of one uninterrupted 14-step run
@@ -107,6 +108,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(pretrain_flags):
         run(pretrain_flags("--max_steps", "2"))
 
 
+@pytest.mark.slow
 def test_time_budget_stops_the_run_and_drives_the_schedule(pretrain_flags):
     from pretraining.train.schedules import time_multiplier
 
@@ -145,6 +147,7 @@ def test_validation_and_checkpoint_time_is_not_training_time():
     assert timer.elapsed() == 65
 
 
+@pytest.mark.slow
 def test_validation_and_early_stopping(pretrain_flags, tiny_shards):
     from pretraining.data.collator import PretrainingCollator
     from pretraining.data.shards import list_shards, read_shard
@@ -277,6 +280,7 @@ def test_masking_comes_from_the_manifest_and_static_shards_refuse_a_contradictin
         collator("--max_predictions_per_seq", "20", dataset=tiny_shards)
 
 
+@pytest.mark.slow
 def test_pretraining_can_start_from_an_exported_model(pretrain_flags, capsys):
     first = run(pretrain_flags("--max_steps", "2", job="first"))
     start = {k: v.clone() for k, v in first.model.state_dict().items()}
@@ -292,6 +296,7 @@ def test_pretraining_can_start_from_an_exported_model(pretrain_flags, capsys):
         run(pretrain_flags("--model_name_or_path", str(first.run_dir / "missing"), job="third"))
 
 
+@pytest.mark.slow
 def test_pretraining_can_continue_from_a_hub_bert_checkpoint_without_mlm_head(pretrain_flags, minilm_dir):
     """The packaged MiniLM is a bare transformers BertModel folder, as most Hub BERTs are."""
     result = run(pretrain_flags("--model_name_or_path", str(minilm_dir), "--max_steps", "1",
@@ -306,6 +311,7 @@ def test_pretraining_can_continue_from_a_hub_bert_checkpoint_without_mlm_head(pr
     assert (result.run_dir / "pretrained" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_wandb_runs_offline_without_a_key_and_a_resume_continues_its_run(pretrain_flags, monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

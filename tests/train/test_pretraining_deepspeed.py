@@ -27,6 +27,7 @@ def train_losses(run_dir):
     return [r["loss"] for r in lines if r["type"] == "train"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("optimizer", sorted(LEARNING_RATES))
 def test_every_optimizer_and_precision_learns_on_deepspeed(pretrain_flags, optimizer, precision):
@@ -52,6 +53,7 @@ def test_every_optimizer_and_precision_learns_on_deepspeed(pretrain_flags, optim
                                .detach().to(weight.bfloat16().dtype), atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_deepspeed_resume_with_zero_sharded_state_is_exact(pretrain_flags):
     zero = ("--deepspeed", "--zero_stage", "1")
     straight = pretrain(PretrainingConfig.parse(pretrain_flags(*zero, "--max_steps", "6", job="straight")))

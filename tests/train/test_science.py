@@ -49,6 +49,7 @@ def test_trained_wordpiece_round_trips_and_is_deterministic():
     assert first.decode(ids, skip_special_tokens=True).replace(" ", "") == normalised.replace(" ", "")
 
 
+@pytest.mark.slow
 def test_prepare_trains_a_vocabulary_that_training_and_export_use(tmp_path):
     from prepare_dataset import main
 
@@ -122,6 +123,7 @@ def test_token_counts_of_prepare_are_the_train_documents(tiny_shards):
     assert 4.0 < unigram.entropy(counts) < math.log(len(counts))
 
 
+@pytest.mark.slow
 def test_validation_logs_mlm_accuracy_and_the_unigram_baseline(pretrain_flags, tiny_shards):
     result = pretrain(PretrainingConfig.parse(pretrain_flags("--max_steps", "30", "--do_validation",
                                                              "--validation_epochs", "1", "--lr", "3e-3")))
@@ -225,6 +227,7 @@ def _steps_to_learn_copy(model, steps=900, lr=2e-3, threshold=1.0):
     return None
 
 
+@pytest.mark.slow
 def test_copy_task_is_learned_at_least_as_fast_as_transformers_bert():
     """The health check behind every pretraining number: on batches where the masked word can only be
     copied from context, this project's model escapes the unigram plateau no later than transformers'
