@@ -334,8 +334,7 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
         training_args = copy.copy(training_args)
         training_args.learning_rate = selection["learning_rate"]
     if not training_args.seeds:
-        return _with_selection(_finetune_seed(model_args, data_args, training_args, data, tokenizer), selection,
-                               training_args)
+        return _finetune_seed(model_args, data_args, training_args, data, tokenizer, selection)
     output_dir = Path(training_args.output_dir)
     per_seed = {}
     for seed in training_args.seeds:
@@ -343,7 +342,7 @@ def finetune(model_args: GlueModelArguments, data_args: GlueDataArguments,
         args.seed, args.output_dir = seed, str(output_dir / SEED_DIR.format(seed))
         logger.info("fine-tuning with seed %d of %s into %s", seed, training_args.seeds, args.output_dir)
         per_seed[seed] = _finetune_seed(model_args, data_args, args, data, tokenizer)
-    results = _with_selection(summarize_seeds(per_seed), selection, None)
+    results = _with_selection(summarize_seeds(per_seed), selection)
     if training_args.process_index == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "all_results.json", results)
@@ -384,13 +383,11 @@ def select_learning_rate(model_args: GlueModelArguments, data_args: GlueDataArgu
             "dev_fraction": training_args.dev_fraction, "seed": seed, "scores": scores}
 
 
-def _with_selection(results: dict, selection: Optional[dict], training_args) -> dict:
+def _with_selection(results: dict, selection: Optional[dict]) -> dict:
     """all_results.json with the LR choice recorded (``lr_selection`` and ``learning_rate``)."""
-    if selection is not None:
-        results = {**results, "learning_rate": selection["learning_rate"], "lr_selection": selection}
-        if training_args is not None and training_args.process_index == 0:  # one seed: rewrite its file
-            write_json_atomic(Path(training_args.output_dir) / "all_results.json", results)
-    return results
+    if selection is None:
+        return results
+    return {**results, "learning_rate": selection["learning_rate"], "lr_selection": selection}
 
 
 def pretrained_model(model_name_or_path: str) -> str:
@@ -426,8 +423,9 @@ def summarize_seeds(per_seed: dict[int, dict]) -> dict:
 
 
 def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments, training_args: GlueTrainingArguments,
-                   data: glue.TaskData, tokenizer) -> dict:
-    """One fine-tuning run with ``training_args.seed`` on tokenised ``data``; writes its results files."""
+                   data: glue.TaskData, tokenizer, selection: Optional[dict] = None) -> dict:
+    """One fine-tuning run with ``training_args.seed`` on tokenised ``data``; writes its results files
+    (all_results.json once, with the ``--learning_rate_grid`` choice when ``selection`` is given)."""
     from transformers import set_seed
 
     set_seed(training_args.seed)
@@ -480,5 +478,7 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         results = _merged_results(output_dir / "all_results.json", results, training_args.overwrite_output_dir)
+        results = _with_selection(results, selection)
         write_json_atomic(output_dir / "all_results.json", results)
-    return results
+        return results
+    return _with_selection(results, selection)

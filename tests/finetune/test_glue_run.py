@@ -350,6 +350,13 @@ def test_learning_rate_chosen_on_a_dev_split_carved_from_the_training_examples(t
         final = json.loads((out / f"seed_{seed}" / "all_results.json").read_text())
         assert final["train_samples"] == 80 and final["eval_samples"] == 40
         assert final["learning_rate"] == float(best)
+    one = tmp_path / "one_seed"  # one seed: its all_results.json (written once) records the choice too
+    _run("--model_name_or_path", tiny_exports["pre-ln"], "--task_name", "rotten_tomatoes", "--output_dir", one,
+         "--do_train", "--do_eval", "--max_train_samples", 40, "--max_eval_samples", 20, *TINY,
+         "--learning_rate_grid", "3e-3")
+    written = json.loads((one / "all_results.json").read_text())
+    assert written["learning_rate"] == 3e-3 and written["lr_selection"]["scores"].keys() == {"0.003"}
+    assert written["train_samples"] == 40 and written["eval_samples"] == 20
     with pytest.raises(SystemExit):
         _run("--model_name_or_path", tiny_exports["pre-ln"], "--task_name", "rotten_tomatoes", "--output_dir",
              tmp_path / "bad", "--do_train", "--learning_rate_grid", "0", "1e-3")
