@@ -28,7 +28,10 @@ from pretraining.train.engine import deepspeed_accelerator  # noqa: E402  (after
 import torch  # noqa: E402
 
 os.environ.setdefault("DS_ACCELERATOR", deepspeed_accelerator(torch.cuda.is_available()))
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+# One op cache per venv: DeepSpeed rebuilds its CPU comm op (~40 s) whenever the venv's path differs from the
+# one it was built for, so checkouts sharing ~/.cache/torch_extensions would rebuild it in turn.
+_EXTENSIONS = Path(sys.prefix) if sys.prefix != sys.base_prefix else Path.home() / ".cache"
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_EXTENSIONS / "torch_extensions"))
 
 
 # The fast tier (`make test-fast`, under 90 s on 2 cores) holds only quick tests: a test without the slow
