@@ -22,8 +22,8 @@ dict, same outputs), with these speed-ups (each a config field; the numbers do n
 
 Building blocks live in :mod:`pretraining.model.layers`. :func:`build_config` maps the
 command-line :class:`~pretraining.train.args.ModelArguments` to a :class:`BertConfig`;
-:func:`export_pretrained` writes a folder that ``from_pretrained`` loads (transformers'
-classes too, for post-ln models).
+:func:`pretraining.checkpoints.export.export_pretrained` writes a folder that ``from_pretrained``
+loads (transformers' classes too).
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def register_layouts(load_model, read_config) -> None:
         _LAYOUT_HOOKS["models"].append(load_model)
     if read_config not in _LAYOUT_HOOKS["configs"]:
         _LAYOUT_HOOKS["configs"].append(read_config)
+
+
 #: State-dict keys with one row per vocabulary entry (padded inside, unpadded in exports).
 VOCAB_KEY_SUFFIXES = ("word_embeddings.weight", "cls.predictions.bias", "cls.predictions.decoder.weight",
                       "cls.predictions.decoder.bias")
@@ -173,6 +175,12 @@ class BertConfig(transformers.BertConfig):
             translated = read(config_dict)
             if translated is not None:
                 return translated, kwargs
+        model_type = config_dict.get("model_type")
+        if not _LAYOUT_HOOKS["configs"] and model_type not in (cls.model_type, PRE_LN_MODEL_TYPE):
+            # no reader registered: loading on would build a default BERT and leave every weight untrained
+            raise UserError(f"{pretrained_model_name_or_path} is a {model_type or 'BERT-like'} checkpoint, a layout "
+                            "read through pretraining.checkpoints.layouts: import pretraining.checkpoints.layouts "
+                            "first (every script of this package does)")
         return config_dict, kwargs
 
 

@@ -68,6 +68,18 @@ def test_exports_load_in_stock_transformers_with_equal_logits(mode, embedding_no
     assert "L2-H64" in card and "adamw" in card and "AutoModelForMaskedLM" in card
 
 
+def test_the_model_alone_refuses_a_layout_whose_reader_is_not_registered(bert_tokenizer, tmp_path, monkeypatch):
+    """The network reads other layouts only through the readers pretraining.checkpoints.layouts registers; without
+    them, an export in a stock layout is refused instead of loading as a default BERT with untrained weights."""
+    from pretraining.model import modeling
+
+    out = export_pretrained(_tiny(bert_tokenizer, "pre-ln", True), bert_tokenizer, tmp_path / "pretrained")
+    monkeypatch.setitem(modeling._LAYOUT_HOOKS, "configs", [])
+    monkeypatch.setitem(modeling._LAYOUT_HOOKS, "models", [])
+    with pytest.raises(UserError, match=r"roberta-prelayernorm checkpoint.*import pretraining.checkpoints.layouts"):
+        BertForPreTraining.from_pretrained(str(out))
+
+
 @pytest.mark.slow
 def test_fine_tuned_pre_ln_output_loads_in_stock_transformers(bert_tokenizer, tmp_path):
     from run_glue import main
