@@ -475,10 +475,9 @@ def _finetune_seed(model_args: GlueModelArguments, data_args: GlueDataArguments,
                 glue.write_predictions(output_dir / f"predict_results_{tag}.tsv", task, predictions, ids)
                 if tag in glue.SERVER_FILES:  # and under the GLUE server's own name (CoLA.tsv, MNLI-m.tsv, AX.tsv)
                     glue.write_predictions(output_dir / f"{glue.SERVER_FILES[tag]}.tsv", task, predictions, ids)
+    results = _with_selection(results, selection)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         results = _merged_results(output_dir / "all_results.json", results, training_args.overwrite_output_dir)
-        results = _with_selection(results, selection)
         write_json_atomic(output_dir / "all_results.json", results)
-        return results
-    return _with_selection(results, selection)
+    return results
